@@ -1,0 +1,51 @@
+"""grokscope: train, load and interpret grokking modular-arithmetic transformers.
+
+>>> import grokscope as gs
+>>> gs.Task(p=23).n_inputs
+529
+
+Heavy modules (torch, TransformerLens) load on first use of the names that need them.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "GrokscopeError": "grokscope.errors",
+    "Task": "grokscope.tasks",
+    "OPERATIONS": "grokscope.tasks",
+    "nanda_config": "grokscope.models",
+    "pizza_config": "grokscope.models",
+    "build_model": "grokscope.models",
+    "set_attention_rate": "grokscope.models",
+    "final_logits": "grokscope.models",
+    "TrainConfig": "grokscope.train",
+    "train": "grokscope.train",
+    "PRESETS": "grokscope.train",
+    "load_run": "grokscope.formats",
+    "Run": "grokscope.formats",
+    "fourier_basis": "grokscope.fourier",
+    "key_frequencies": "grokscope.fourier",
+    "progress_measures": "grokscope.measures",
+    "signatures": "grokscope.signatures",
+    "classify": "grokscope.classify",
+    "Classification": "grokscope.classify",
+    "find_phases": "grokscope.phases",
+    "analyze": "grokscope.analyze",
+    "AnalysisResult": "grokscope.analyze",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'grokscope' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
