@@ -1,0 +1,268 @@
+"""The pipeline over a run's checkpoints: key frequencies, progress measures per checkpoint, phases.
+
+``analyze(run)`` streams ``run.iter_models()``: one model in memory at a time, and nothing kept per
+checkpoint but its table row (floats). Key frequencies are fixed from the final readable checkpoint
+by default, as in [N23]; ``recompute_key_freqs=True`` chooses them again at every checkpoint.
+
+Seams for tools built on top:
+- ``measure_checkpoint(model, task, key_freqs, train_indices)`` is the whole per-checkpoint unit of
+  work (one forward pass); parallel workers can map it over checkpoint indices and hand their rows
+  to ``assemble_table`` and ``find_phases``.
+- the final checkpoint is loaded once, before streaming; ``classify`` (a callable of (model, task))
+  runs on it there, and its result is stored in ``AnalysisResult.classification``.
+
+>>> from grokscope.tasks import Task
+>>> from grokscope.constructions import exact_clock_model
+>>> from grokscope.formats.base import Run
+>>> from grokscope.models import parameter_state_dict
+>>> task = Task(p=23)
+>>> model = exact_clock_model(task, [4, 9])
+>>> run = Run(task, model.cfg, [0], lambda i: parameter_state_dict(model), "clock", "memory")
+>>> result = analyze(run, classify=None)
+>>> result.key_freqs.freqs, result.final_row["full_acc"]
+([4, 9], 1.0)
+"""
+
+import html
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from grokscope.errors import GrokscopeError
+from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fourier_basis, key_frequencies)
+from grokscope.measures import progress_measures
+from grokscope.models import HookedTransformer, final_logits
+from grokscope.phases import Phases, find_phases
+from grokscope.progress import Progress
+from grokscope.tasks import Task
+
+SUMMARY_COLUMNS = ("step", "train_loss", "test_loss", "train_acc", "test_acc", "full_acc", "restricted_loss",
+                   "excluded_loss", "sum_sq_weights", "gini_W_E", "gini_W_L")
+"""Columns shown by the HTML view (where present)."""
+
+
+@dataclass
+class AnalysisResult:
+    """Everything ``analyze`` found, as plain fields.
+
+    Attributes:
+        run_info: source, format, task (dict), alpha, n_checkpoints (readable ones analysed).
+        task: the Task.
+        key_freqs: the key frequencies every row used (from the final checkpoint unless given), or
+            the final checkpoint's own when recomputed per checkpoint.
+        table: column name -> list, one entry per analysed checkpoint; ``step`` first.
+        phases: phase boundaries from ``find_phases(table)``.
+        skipped: ``{"path", "error"}`` per unreadable checkpoint.
+        notes: what could not be computed, and why.
+        classification: what ``classify`` returned for the final checkpoint (None without it).
+        key_freqs_by_step: with ``recompute_key_freqs``, step -> that checkpoint's frequencies.
+    """
+
+    run_info: dict[str, Any]
+    task: Task
+    key_freqs: KeyFrequencies
+    table: dict[str, list]
+    phases: Phases
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    classification: Any = None
+    key_freqs_by_step: dict[int, list[int]] | None = None
+
+    @property
+    def steps(self) -> list[int]:
+        """The analysed checkpoint steps."""
+        return list(self.table.get("step", []))
+
+    @property
+    def final_row(self) -> dict[str, float]:
+        """The last checkpoint's row (empty when nothing was analysed)."""
+        if not self.steps:
+            return {}
+        return {name: values[-1] for name, values in self.table.items()}
+
+    def to_pandas(self):
+        """The table as a pandas DataFrame (pandas is optional: ImportError names it)."""
+        try:
+            import pandas
+        except ImportError as error:
+            raise ImportError("AnalysisResult.to_pandas needs pandas: pip install pandas") from error
+        return pandas.DataFrame(self.table)
+
+    def _headline(self) -> list[tuple[str, str]]:
+        info, final = self.run_info, self.final_row
+        steps = self.steps
+        span = f"{len(steps)} checkpoints, steps {steps[0]}..{steps[-1]}" if steps else "no checkpoints"
+        grok = (f"grokked at step {self.phases.grokking_step}" if self.phases.grokked
+                else "did not grok" if steps else "-")
+        accuracy = final.get("full_acc", math.nan)
+        return [("run", f"{info.get('format')} p={self.task.p} op={self.task.op} ({info.get('source')})"),
+                ("checkpoints", span + (f", {len(self.skipped)} skipped" if self.skipped else "")),
+                ("key frequencies", f"{self.key_freqs.freqs} (rule {self.key_freqs.rule})"),
+                ("phases", grok), ("final accuracy", f"{accuracy:.4f}")]
+
+    def __repr__(self) -> str:
+        parts = [f"{name}: {value}" for name, value in self._headline()]
+        return "AnalysisResult(" + "; ".join(parts) + ")"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<tr><th style='text-align:left'>{html.escape(n)}</th><td>{html.escape(v)}</td></tr>"
+                       for n, v in self._headline())
+        columns = [c for c in SUMMARY_COLUMNS if c in self.table]
+        n = len(self.steps)
+        shown = list(range(n)) if n <= 6 else [0, 1, 2, n - 3, n - 2, n - 1]
+        rows = []
+        for position, i in enumerate(shown):
+            if n > 6 and position == 3:
+                rows.append(f"<tr><td colspan='{len(columns)}'>... {n - 6} more ...</td></tr>")
+            rows.append("<tr>" + "".join(f"<td>{_format(self.table[c][i])}</td>" for c in columns) + "</tr>")
+        header = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"
+        return (f"<div><table>{head}</table><table>{header}{''.join(rows)}</table></div>")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequencies | list[int] | None,
+                       train_indices: Int[Tensor, "n_train"] | None = None, *, rule: str = "A",
+                       basis: FourierBasis | None = None) -> tuple[dict[str, float], list[str], KeyFrequencies | None]:
+    """One checkpoint's table row, its notes, and (when ``key_freqs`` is None) its own key frequencies.
+
+    One forward pass feeds everything; with ``key_freqs=None`` the same pass also yields the MLP
+    activations from which ``rule`` (default "A") picks this checkpoint's key frequencies.
+    """
+    basis = fourier_basis(task.p) if basis is None else basis
+    own = None
+    with torch.no_grad():
+        if key_freqs is None:
+            logits, post = final_logits(model, task.tokens(), return_post=True)
+            own = _key_frequencies_or_none(model, task, rule, post, basis)
+            key_freqs = own
+        else:
+            logits = final_logits(model, task.tokens())
+        measures = progress_measures(model, task, key_freqs, train_indices, logits=logits, basis=basis)
+    return measures.as_row(), measures.notes, own
+
+
+def _key_frequencies_or_none(model, task, rule, post, basis) -> KeyFrequencies:
+    try:
+        return key_frequencies(model, task, rule, post=post, basis=basis)
+    except GrokscopeError as error:
+        return KeyFrequencies(freqs=[], rule=rule, threshold=math.nan, detail={"error": str(error)})
+
+
+def assemble_table(rows: list[tuple[int, dict[str, float]]]) -> dict[str, list]:
+    """Column-wise table from (step, row) pairs sorted by step; a column missing from a row is NaN."""
+    rows = sorted(rows, key=lambda item: item[0])
+    names: list[str] = []
+    for _, row in rows:
+        names.extend(name for name in row if name not in names)
+    table: dict[str, list] = {"step": [int(step) for step, _ in rows]}
+    for name in names:
+        table[name] = [float(row.get(name, math.nan)) for _, row in rows]
+    return table
+
+
+def _final_model(run) -> tuple[HookedTransformer | None, int | None]:
+    """The last readable checkpoint (index counted from the start), without touching run.skipped."""
+    for i in reversed(range(len(run.steps))):
+        try:
+            return run.model(i), i
+        except GrokscopeError:
+            continue
+    return None, None
+
+
+def _auto_classifier() -> Callable | None:
+    try:
+        return importlib.import_module("grokscope.classify").classify
+    except (ImportError, AttributeError):
+        return None
+
+
+def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompute_key_freqs: bool = False,
+            rule: str = "A", progress: bool = False, classify: Callable | str | None = "auto") -> AnalysisResult:
+    """Progress measures at every checkpoint of ``run``, key frequencies, phases and notes.
+
+    Args:
+        run: a ``grokscope.formats.base.Run`` (any layout; a single model is a one-checkpoint run).
+        key_freqs: use these for every checkpoint instead of choosing them.
+        recompute_key_freqs: choose key frequencies again at every checkpoint (per-k columns then
+            vary; missing ones are NaN). Default: fixed from the final checkpoint ([N23]).
+        rule: the key-frequency rule ("A", "B" or "C", see ``fourier.key_frequencies``).
+        progress: draw a progress bar on stderr (only on a terminal).
+        classify: a callable (model, task) -> anything, run on the final checkpoint; "auto" uses
+            ``grokscope.classify.classify`` when that module is present; None skips it.
+    """
+    task, notes = run.task, []
+    basis = fourier_basis(task.p)
+    final_model, final_index = _final_model(run)
+    classification = None
+    if final_model is None:
+        notes.append("no readable checkpoint")
+        chosen = KeyFrequencies(freqs=[], rule=rule, threshold=math.nan)
+    else:
+        if key_freqs is not None:
+            chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, task.p), rule="given", threshold=math.nan) \
+                if not isinstance(key_freqs, KeyFrequencies) else key_freqs
+        else:
+            chosen = _key_frequencies_or_none(final_model, task, rule, None, basis)
+            if "error" in chosen.detail:
+                notes.append(f"key frequencies: {chosen.detail['error']}")
+            if not chosen.freqs:
+                notes.append(f"rule {rule} found no key frequency at the final checkpoint (step "
+                             f"{run.steps[final_index]}); restricted / excluded losses use K = {{}}")
+        classifier = _auto_classifier() if classify == "auto" else classify
+        if classifier is not None:
+            try:
+                classification = classifier(final_model, task)
+            except GrokscopeError as error:
+                notes.append(f"classification: {error}")
+    del final_model
+
+    rows, by_step, seen_notes = [], {} if recompute_key_freqs else None, set()
+    fixed = None if recompute_key_freqs else chosen
+    with Progress(len(run.steps), desc=f"analyze p={task.p}", enabled=progress) as bar:
+        for count, (step, model) in enumerate(run.iter_models(), start=1):
+            row, row_notes, own = measure_checkpoint(model, task, fixed, run.train_indices, rule=rule, basis=basis)
+            del model
+            rows.append((step, row))
+            if own is not None:
+                by_step[int(step)] = list(own.freqs)
+            for note in row_notes:
+                if note not in seen_notes:
+                    seen_notes.add(note)
+                    notes.append(note)
+            bar.update(count, step=step, test_loss=row["test_loss"], full_acc=row["full_acc"])
+    table = assemble_table(rows)
+    if recompute_key_freqs and by_step:
+        chosen = KeyFrequencies(freqs=by_step[table["step"][-1]], rule=rule, threshold=chosen.threshold,
+                                detail={"recomputed_per_checkpoint": True})
+    if run.train_indices is None:
+        notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows")
+    phases = find_phases(table)
+    skipped = _unique(run.skipped)
+    info = {"source": run.source, "format": run.format, "task": task.to_dict(), "n_ctx": task.n_ctx,
+            "alpha": float(run.alpha), "n_checkpoints": len(table["step"]),
+            "n_checkpoints_listed": len(run.steps)}
+    return AnalysisResult(run_info=info, task=task, key_freqs=chosen, table=table, phases=phases,
+                          skipped=skipped, notes=notes, classification=classification,
+                          key_freqs_by_step=by_step)
+
+
+def _unique(entries: list[dict[str, str]]) -> list[dict[str, str]]:
+    seen, unique = set(), []
+    for entry in entries:
+        key = (entry.get("path"), entry.get("error"))
+        if key not in seen:
+            seen.add(key)
+            unique.append(dict(entry))
+    return unique

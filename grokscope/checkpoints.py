@@ -1,0 +1,239 @@
+"""Files of the native run format: names, atomic writes, the checkpoint schedule and the training log.
+
+Layout (DESIGN.md, "Native run format")::
+
+    DIR/run.json                                  configuration, seeds, schedule, status
+    DIR/split.safetensors                         ``train_indices`` into the lexicographic grid
+    DIR/checkpoints/step_XXXXXXX.safetensors      HookedTransformer parameters (no buffers)
+    DIR/log.csv                                   step,train_loss,test_loss,train_acc,test_acc
+    DIR/resume.safetensors                        optimiser state of the newest checkpoint (while training)
+
+Every file is written to a hidden temporary name in its own folder, fsync'd and renamed over the
+final name (``atomic_write``), so a reader never sees half a file under a real name, whatever
+moment the writer is killed at. Temporary names start with ``.`` and end with ``.tmp``; nothing
+matching ``CHECKPOINT_PATTERN`` is ever a temporary file.
+
+>>> checkpoint_filename(120)
+'step_0000120.safetensors'
+>>> checkpoint_step("step_0000120.safetensors"), checkpoint_step(".step_0000120.safetensors.1.tmp")
+(120, None)
+>>> checkpoint_steps(100, every=25, per_decade=4)
+[0, 1, 2, 3, 6, 10, 18, 25, 32, 50, 56, 75, 100]
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from grokscope.errors import GrokscopeError
+
+RUN_JSON = "run.json"
+SPLIT_FILE = "split.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+LOG_CSV = "log.csv"
+RESUME_FILE = "resume.safetensors"
+FORMAT_NAME = "grokscope-native"
+FORMAT_VERSION = 1
+
+CHECKPOINT_PATTERN = re.compile(r"step_(\d{7,})\.safetensors")
+"""Full-match pattern of a checkpoint file name; the group is the step."""
+
+LOG_COLUMNS = ("step", "train_loss", "test_loss", "train_acc", "test_acc")
+
+TEMP_SUFFIX = ".tmp"
+
+
+def checkpoint_filename(step: int) -> str:
+    """The file name of the checkpoint after ``step`` optimiser steps (7 digits, zero-padded)."""
+    return f"step_{int(step):07d}.safetensors"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step encoded in a checkpoint file name, or None for any other name (temporary files too)."""
+    match = CHECKPOINT_PATTERN.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file left by ``atomic_write`` (never a finished file)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def atomic_write(path: str | os.PathLike, write: bytes | str | Callable[[IO[bytes]], Any]) -> Path:
+    """Write a file so that ``path`` holds either its old content or the complete new one, never a part.
+
+    ``write`` is the content (bytes or str, written as UTF-8) or a function that writes into the
+    binary file object it is given. The data goes to a hidden temporary file in the same folder,
+    is flushed and fsync'd, then renamed over ``path``; the folder is fsync'd too so the rename
+    survives a crash. On any error the temporary file is removed and ``path`` is untouched.
+
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "note.txt"
+    >>> _ = atomic_write(target, "hello")
+    >>> target.read_text()
+    'hello'
+    """
+    path = Path(path)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as handle:
+            if callable(write):
+                write(handle)
+            else:
+                handle.write(write.encode("utf-8") if isinstance(write, str) else write)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files a killed writer left in ``folder``; returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.is_file() and is_temporary(entry.name):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write a safetensors file of ``tensors`` (contiguous CPU tensors) with string metadata."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write(path, data)
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Read a safetensors file: ``(tensors, metadata)``. Never unpickles.
+
+    Raises GrokscopeError naming the file when it is missing, truncated or not safetensors.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises several types for damaged files
+        size = path.stat().st_size if path.exists() else None
+        found = f"an unreadable file ({type(error).__name__}: {error}; {size} bytes)" if size is not None \
+            else "no such file"
+        raise GrokscopeError(found, expected="a complete safetensors file", where=str(path)) from None
+    return tensors, metadata
+
+
+def checkpoint_steps(epochs: int, every: int, per_decade: int = 10) -> list[int]:
+    """Checkpoint steps: dense early (log-spaced), regular later; always 0 and ``epochs``.
+
+    The union of round(10^(j/per_decade)) for j >= 0 (``per_decade`` points per factor of ten,
+    capturing the fast memorisation phase) and every multiple of ``every``, cut at ``epochs``.
+    """
+    steps = {0, int(epochs)}
+    steps.update(range(0, epochs + 1, max(int(every), 1)))
+    if per_decade > 0 and epochs > 0:
+        for j in range(int(per_decade * math.log10(epochs)) + 2):
+            step = round(10 ** (j / per_decade))
+            if step <= epochs:
+                steps.add(step)
+    return sorted(steps)
+
+
+# ----- the training log ---------------------------------------------------------------------------
+
+def log_to_csv(log: dict[str, list]) -> str:
+    """The text of log.csv for a log held as columns (full float precision)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(LOG_COLUMNS)
+    for row in zip(*(log[column] for column in LOG_COLUMNS)):
+        writer.writerow([int(row[0]), *(repr(float(x)) for x in row[1:])])
+    return buffer.getvalue()
+
+
+def read_log(path: str | os.PathLike) -> dict[str, list]:
+    """Read log.csv as columns: ``{"step": [int], "train_loss": [float], ...}``."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as error:
+        raise GrokscopeError(f"an unreadable log ({error.strerror})", expected="a CSV file",
+                             where=str(path)) from None
+    if not rows or tuple(rows[0]) != LOG_COLUMNS:
+        raise GrokscopeError(f"header {rows[0] if rows else 'none'}", expected=f"{','.join(LOG_COLUMNS)}",
+                             where=str(path))
+    log: dict[str, list] = {column: [] for column in LOG_COLUMNS}
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            values = [int(row[0]), *(float(x) for x in row[1:])]
+        except (ValueError, IndexError):
+            raise GrokscopeError(f"line {line} = {row}", expected="a step and four numbers",
+                                 where=str(path)) from None
+        if len(values) != len(LOG_COLUMNS):
+            raise GrokscopeError(f"line {line} = {row}", expected="five columns", where=str(path))
+        for column, value in zip(LOG_COLUMNS, values):
+            log[column].append(value)
+    return log
+
+
+def truncate_log(log: dict[str, list], last_step: int) -> dict[str, list]:
+    """The log without rows after ``last_step`` (what a resumed run keeps)."""
+    keep = [i for i, step in enumerate(log["step"]) if step <= last_step]
+    return {column: [values[i] for i in keep] for column, values in log.items()}
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Atomically write ``data`` as indented JSON."""
+    return atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON object, raising GrokscopeError naming the file if it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GrokscopeError(f"an unreadable JSON file ({error})", expected="a JSON object",
+                             where=str(path)) from None
+    if not isinstance(data, dict):
+        raise GrokscopeError(f"a JSON {type(data).__name__}", expected="a JSON object", where=str(path))
+    return data

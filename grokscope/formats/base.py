@@ -1,0 +1,96 @@
+"""The Run every reader yields: a task, a model config, and lazily loaded checkpoints.
+
+A Run holds no weights: ``run.model(i)`` reads checkpoint ``i`` when asked, so analysis streams
+through a run with one model in memory at a time.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from grokscope.errors import GrokscopeError
+from grokscope.models import HookedTransformer, HookedTransformerConfig, build_model
+from grokscope.tasks import Task, held_out_mask
+
+StateLoader = Callable[[int], dict[str, Tensor]]
+"""Maps a checkpoint index to a HookedTransformer state dict (raising GrokscopeError if unreadable)."""
+
+
+@dataclass
+class Run:
+    """A trained run (or a single model) in any layout, mapped to HookedTransformer.
+
+    Attributes:
+        task: the modular-arithmetic task the model solves.
+        cfg: the HookedTransformerConfig every checkpoint loads into.
+        steps: checkpoint steps (epochs for full-batch runs), ascending.
+        load_state: reads the state dict of checkpoint ``i`` (an index into ``steps``).
+        source: the path the run was read from.
+        format: the layout's name, e.g. "native" or "pizza_release".
+        alpha: the attention rate of SCIENCE.md section 4 (1.0 for a standard transformer).
+        train_indices: train rows of the lexicographic grid, or None where the split is unknown.
+        config: the training configuration as read, JSON-safe (may be empty).
+        log: logged training curves by column (step, train_loss, test_loss, train_acc, test_acc)
+            where the layout stores them, else None.
+        checkpoint_paths: one path per checkpoint where each is its own file, else None.
+        skipped: ``{"path", "error"}`` for every checkpoint found unreadable so far.
+    """
+
+    task: Task
+    cfg: HookedTransformerConfig
+    steps: list[int]
+    load_state: StateLoader
+    source: str
+    format: str
+    alpha: float = 1.0
+    train_indices: Tensor | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    log: dict[str, list] | None = None
+    checkpoint_paths: list[str] | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        span = f"steps {self.steps[0]}..{self.steps[-1]}" if self.steps else "no checkpoints"
+        return (f"Run({self.format}, p={self.task.p}, op={self.task.op!r}, {len(self.steps)} checkpoints, "
+                f"{span}, alpha={self.alpha:g}, source={self.source!r})")
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def _index(self, i: int) -> int:
+        if not self.steps:
+            raise GrokscopeError(f"{self.source}: no checkpoints", expected="at least one readable checkpoint")
+        if not -len(self.steps) <= i < len(self.steps):
+            raise IndexError(f"checkpoint index {i} out of range for {len(self.steps)} checkpoints")
+        return i % len(self.steps)
+
+    def state_dict(self, i: int = -1) -> dict[str, Tensor]:
+        """The HookedTransformer state dict of checkpoint ``i`` (negative indices count from the end)."""
+        return self.load_state(self._index(i))
+
+    def model(self, i: int = -1) -> HookedTransformer:
+        """Checkpoint ``i`` as a HookedTransformer in eval mode, with the run's attention rate attached."""
+        return build_model(self.cfg, self.alpha, self.state_dict(i))
+
+    def checkpoint_path(self, i: int) -> str:
+        """The file of checkpoint ``i`` where each has its own, else the run's source."""
+        return self.checkpoint_paths[self._index(i)] if self.checkpoint_paths else self.source
+
+    def iter_models(self, indices: list[int] | None = None) -> Iterator[tuple[int, HookedTransformer]]:
+        """Yield ``(step, model)`` one at a time; unreadable checkpoints are recorded in ``skipped``."""
+        for i in range(len(self.steps)) if indices is None else indices:
+            try:
+                model = self.model(i)
+            except GrokscopeError as error:
+                self.skipped.append({"path": self.checkpoint_path(i), "error": str(error)})
+                continue
+            yield self.steps[self._index(i)], model
+
+    @property
+    def test_indices(self) -> Tensor | None:
+        """Grid rows not in the train split, or None where the split is unknown."""
+        if self.train_indices is None:
+            return None
+        return held_out_mask(self.task.n_inputs, self.train_indices).nonzero().squeeze(1)

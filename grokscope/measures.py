@@ -1,0 +1,223 @@
+"""[N23]'s progress measures of one checkpoint, from one forward pass over the full grid.
+
+L is the (p^2, p) float64 logit table over the lexicographic grid (extra output logits such as an
+``=`` class dropped), P_K the orthogonal projection of each class column onto the 2|K| unit directions
+cos(w_k(a+b)), sin(w_k(a+b)) for k in K (``fourier.key_directions``). All losses are float64
+cross-entropy over the p classes (SCIENCE.md section 3):
+
+- restricted loss: CE of P_K L + mean_over_grid(L) (per-class bias correction), all p^2 rows
+  (``restricted_loss_test``: the same on the test rows);
+- excluded loss: CE of L - P_K L (no bias correction) on the train rows (all rows without a split);
+  ``excluded_loss_k{k}`` removes one frequency only;
+- cos fit: coefficient <C_k, L> with C_k[a, b, c] = cos(w_k(a+b-c)) / ||.|| (unit over the p^3 tensor),
+  and ``cos_fve`` = sum_k <C_k, L>^2 / ||L - rowmean(L)||^2, the fraction of the logits' variance
+  across classes (softmax-invariant: each input row centred) that the clock terms explain;
+- Gini ([N23], Hurley and Rickard) of the p - 1 non-constant Fourier component norms of W_E (a's
+  token rows, norms over d_model) and of W_L = W_out @ W_U[:, :p] (norms over neurons, transform over
+  the class axis): G = 2 sum_i i c_(i) / (N sum c) - (N + 1) / N, c sorted ascending, N = p - 1.
+
+The (a+b)-direction measures are defined for op "add" only; for other operations they are NaN and
+``notes`` says why. Everything else (losses, accuracy, weights, Gini) is computed for every op.
+
+>>> from grokscope.tasks import Task
+>>> from grokscope.constructions import exact_clock_model
+>>> task = Task(p=23)
+>>> m = progress_measures(exact_clock_model(task, [3, 7]), task, [3, 7])
+>>> m.full_acc, m.restricted_loss <= m.full_loss < 1e-5 < 1.0 < m.excluded_loss
+(1.0, True)
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from grokscope.errors import GrokscopeError
+from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, component_norms, fourier_basis,
+                               key_directions, neuron_logit_map, token_embeddings)
+from grokscope.models import HookedTransformer, final_logits
+from grokscope.tasks import Task
+
+NAN = float("nan")
+
+MEASURE_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "full_loss", "full_acc",
+                   "restricted_loss", "restricted_loss_test", "excluded_loss", "test_restricted_ratio",
+                   "sum_sq_weights", "gini_W_E", "gini_W_L", "cos_fve")
+"""Columns of ``ProgressMeasures.as_row()`` before the per-frequency ones (excluded_loss_k{k}, cos_coef_k{k})."""
+
+
+@dataclass
+class ProgressMeasures:
+    """Progress measures of one model; NaN where undefined (no split, or an op other than "add").
+
+    ``excluded_by_freq`` and ``cos_coefs`` are keyed by frequency; ``as_row()`` flattens everything into
+    the table columns of ``MEASURE_COLUMNS`` plus ``excluded_loss_k{k}`` and ``cos_coef_k{k}``.
+    """
+
+    train_loss: float = NAN
+    test_loss: float = NAN
+    train_acc: float = NAN
+    test_acc: float = NAN
+    full_loss: float = NAN
+    full_acc: float = NAN
+    restricted_loss: float = NAN
+    restricted_loss_test: float = NAN
+    excluded_loss: float = NAN
+    test_restricted_ratio: float = NAN
+    sum_sq_weights: float = NAN
+    gini_W_E: float = NAN
+    gini_W_L: float = NAN
+    cos_fve: float = NAN
+    excluded_by_freq: dict[int, float] = field(default_factory=dict)
+    cos_coefs: dict[int, float] = field(default_factory=dict)
+    key_freqs: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_row(self) -> dict[str, float]:
+        """One table row: the fixed columns, then excluded_loss_k{k} and cos_coef_k{k} per key frequency."""
+        row = {name: float(getattr(self, name)) for name in MEASURE_COLUMNS}
+        row.update({f"excluded_loss_k{k}": float(v) for k, v in sorted(self.excluded_by_freq.items())})
+        row.update({f"cos_coef_k{k}": float(v) for k, v in sorted(self.cos_coefs.items())})
+        return row
+
+
+def gini(c: Float[Tensor, "n"]) -> float:
+    """Hurley-Rickard Gini index of non-negative entries: 0 when all equal, (N-1)/N when one-hot.
+
+    G = 2 sum_{i=1..N} i c_(i) / (N sum c) - (N + 1) / N with c sorted ascending ([N23] section 5).
+
+    >>> gini(torch.ones(4)), gini(torch.tensor([0.0, 0.0, 0.0, 2.0]))
+    (0.0, 0.75)
+    """
+    c = c.detach().double().flatten()
+    if c.numel() == 0 or bool((c < 0).any()):
+        raise GrokscopeError(f"{c.numel()} entries, min {float(c.min()) if c.numel() else NAN}",
+                             expected="a non-empty vector of non-negative norms", where="gini")
+    total = float(c.sum())
+    if total == 0.0:
+        return NAN
+    n = c.numel()
+    ranks = torch.arange(1, n + 1, dtype=torch.float64)
+    return float(2 * (ranks * c.sort().values).sum() / (n * total) - (n + 1) / n)
+
+
+def _row_losses(L: Tensor, labels: Tensor) -> Tensor:
+    return -L.log_softmax(dim=-1).gather(1, labels[:, None]).squeeze(1)
+
+
+def _mean(values: Tensor, rows: Tensor | None) -> float:
+    picked = values if rows is None else values[rows]
+    return float(picked.mean()) if picked.numel() else NAN
+
+
+def logit_measures(logits: Float[Tensor, "n_inputs d_vocab_out"], task: Task, freqs: list[int],
+                   train_indices: Int[Tensor, "n_train"] | None = None) -> ProgressMeasures:
+    """Every measure that depends on the logits alone (weights-based fields left NaN).
+
+    ``logits`` are the read-out logits over ``task``'s full grid; columns past p are dropped.
+    """
+    p, n = task.p, task.n_inputs
+    if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] < p:
+        raise GrokscopeError(f"logits of shape {tuple(logits.shape)}", where="progress_measures",
+                             expected=f"({n}, >= {p}): the read-out logits over the full grid")
+    L = logits.detach()[:, :p].double()
+    labels = task.labels()
+    train, test = _split_rows(train_indices, n)
+    m = ProgressMeasures(key_freqs=list(freqs))
+
+    losses = _row_losses(L, labels)
+    correct = (L.argmax(dim=-1) == labels).double()
+    m.full_loss, m.full_acc = _mean(losses, None), _mean(correct, None)
+    if train is not None:
+        m.train_loss, m.train_acc = _mean(losses, train), _mean(correct, train)
+        m.test_loss, m.test_acc = _mean(losses, test), _mean(correct, test)
+
+    if task.op != "add":
+        m.notes.append(f"restricted / excluded losses and the cos(w(a+b-c)) fit use the directions "
+                       f"cos/sin(w_k(a+b)) of op 'add'; they are NaN for op {task.op!r}")
+        return m
+    if not freqs:
+        m.notes.append("no key frequencies: restricted loss uses the per-class mean only, excluded = full")
+    D = key_directions(p, freqs)                          # (2K, p^2), orthonormal rows
+    coefs = D @ L                                         # (2K, p): coordinates of each class column
+    projected = D.T @ coefs                               # P_K L
+    restricted = _row_losses(projected + L.mean(dim=0, keepdim=True), labels)
+    m.restricted_loss = _mean(restricted, None)
+    if train is not None:
+        m.restricted_loss_test = _mean(restricted, test)
+        m.test_restricted_ratio = _ratio(m.test_loss, m.restricted_loss)
+    rows = train if train is not None else torch.arange(n)
+    m.excluded_loss = _mean(_row_losses(L[rows] - projected[rows], labels[rows]), None)
+    for f, k in enumerate(freqs):
+        one = D[2 * f:2 * f + 2, rows].T @ coefs[2 * f:2 * f + 2]
+        m.excluded_by_freq[k] = _mean(_row_losses(L[rows] - one, labels[rows]), None)
+
+    # <C_k, L> = (1/sqrt p) sum_c [cos(w c) coef_cos[c] + sin(w c) coef_sin[c]] (C_k unit over p^3).
+    c = torch.arange(p, dtype=torch.float64)
+    centred = L - L.mean(dim=1, keepdim=True)
+    total = float(centred.square().sum())
+    explained = 0.0
+    for f, k in enumerate(freqs):
+        angle = 2 * math.pi * k * c / p
+        value = float((torch.cos(angle) * coefs[2 * f] + torch.sin(angle) * coefs[2 * f + 1]).sum()) / math.sqrt(p)
+        m.cos_coefs[k] = value
+        explained += value * value
+    m.cos_fve = explained / total if total > 0 else NAN
+    return m
+
+
+def _ratio(num: float, den: float) -> float:
+    if den > 0 or math.isnan(den):
+        return num / den
+    return math.inf if num > 0 else NAN
+
+
+def _split_rows(train_indices: Tensor | None, n: int) -> tuple[Tensor | None, Tensor | None]:
+    if train_indices is None:
+        return None, None
+    train = torch.as_tensor(train_indices).long().flatten()
+    if train.numel() and (int(train.min()) < 0 or int(train.max()) >= n):
+        raise GrokscopeError(f"train indices in {int(train.min())}..{int(train.max())}",
+                             expected=f"rows of the grid, 0..{n - 1}", where="progress_measures")
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[train] = False
+    return train, mask.nonzero().squeeze(1)
+
+
+def weight_measures(model: HookedTransformer, task: Task, basis: FourierBasis | None = None
+                    ) -> dict[str, float]:
+    """sum_sq_weights (every parameter), gini_W_E and gini_W_L over the p - 1 non-constant components."""
+    basis = fourier_basis(task.p) if basis is None else basis
+    with torch.no_grad():
+        sum_sq = sum(float(param.detach().double().square().sum()) for param in model.parameters())
+        nonconst = basis.nonconstant_rows()
+        norms_e = component_norms(token_embeddings(model, task, "a"), basis)[nonconst]
+        norms_l = component_norms(neuron_logit_map(model, task).T, basis)[nonconst]
+    return {"sum_sq_weights": sum_sq, "gini_W_E": gini(norms_e), "gini_W_L": gini(norms_l)}
+
+
+def progress_measures(model: HookedTransformer, task: Task, key_freqs: KeyFrequencies | list[int],
+                      train_indices: Int[Tensor, "n_train"] | None = None, *,
+                      logits: Float[Tensor, "n_inputs d_vocab_out"] | None = None,
+                      basis: FourierBasis | None = None) -> ProgressMeasures:
+    """All progress measures of ``model`` ([N23] section 5) from one forward pass over the grid.
+
+    Args:
+        model: a grokscope HookedTransformer (no LayerNorm).
+        task: its task; the grid is ``task.tokens()``.
+        key_freqs: K, a ``KeyFrequencies`` or a list of ints (e.g. from the final checkpoint).
+        train_indices: the run's train rows; without them train/test columns are NaN and the
+            excluded loss uses all rows.
+        logits: the read-out logits if already computed (``models.final_logits``), to skip the pass.
+        basis: a prebuilt ``fourier_basis(task.p)`` to reuse across checkpoints.
+    """
+    freqs = as_freq_list(key_freqs, task.p)
+    if logits is None:
+        with torch.no_grad():
+            logits = final_logits(model, task.tokens())
+    m = logit_measures(logits, task, freqs, train_indices)
+    for name, value in weight_measures(model, task, basis).items():
+        setattr(m, name, value)
+    return m
