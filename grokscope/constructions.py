@@ -25,11 +25,17 @@ Clock ([N23] algorithm, [Z23] "clock"), residual stream of width 8 |K| + n_ctx:
 Pizza ([Z23]), attention rate alpha = 0 (constant attention sums the values of all positions), width
 6 |K|: one head copies the token circle into a "sum" block E_a + E_b; ``n_phases`` neurons per
 frequency at phases phi_j = 2 pi j / n_phases with pre = cos(w a - phi_j) + cos(w b - phi_j) =
-2 cos(w(a-b)/2) cos(w(a+b)/2 - phi_j) and logit contribution cos(2 phi_j - w c). The sum is
-~ |cos(w(a-b)/2)| cos(w(a+b-c)); with n_phases a multiple of p it is exactly A(a-b) cos(w(a+b-c)),
-A > 0, so the correct class wins at every input.
+2 cos(w(a-b)/2) cos(w(a+b)/2 - phi_j) and logit contribution cos(2 phi_j - w c). With n_phases a
+multiple of p the sum is exactly s |cos(w(a-b)/2)| cos(w(a+b-c)), s > 0 (the phase grid's aliasing
+terms are equal for both half-grid offsets of w(a+b)/2), so the correct class wins at every input:
+|cos(w(a-b)/2)| never vanishes for odd p.
 
-The token circle is never read by W_in or W_U: gradients reach the embeddings only through attention.
+The token circle is never read by W_in or W_U: the embeddings reach the logits only through attention.
+With tokens [a, b] the last token's embedding also enters the residual stream that W_in and W_U read
+(gradients flow back along every dim they read); so W_O and W_out write ``gain`` x their outputs and
+W_in and W_U read them back / ``gain``, making those direct gradient paths 1/gain of the attention
+path. The pizza's gradients with respect to the embedding outputs of a and b are then parallel to
+~1e-6 ([Z23]'s gradient symmetricity ~ 1).
 
 >>> from grokscope.tasks import Task
 >>> from grokscope.models import final_logits
@@ -49,6 +55,8 @@ from grokscope.errors import GrokscopeError
 from grokscope.models import HookedTransformer, build_model, nanda_config, pizza_config
 from grokscope.tasks import Task
 
+GAIN = 1000.0
+"""W_O and W_out multiply what they write by it, W_in and W_U divide it back out (same function)."""
 
 def _check(task: Task, freqs: list[int], where: str) -> list[int]:
     freqs = [int(k) for k in freqs]
@@ -88,7 +96,7 @@ def clock_constant(p: int, beta: float = 0.0) -> float:
 
 
 def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin: float = 16.0,
-                      gap: float = 40.0) -> HookedTransformer:
+                      gap: float = 40.0, gain: float = GAIN) -> HookedTransformer:
     """A one-layer clock: logits exactly lam * C * sum_k cos(w_k(a+b-c)) over the full grid.
 
     Args:
@@ -97,6 +105,7 @@ def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin
         beta: MLP bias; every neuron is explained >= 0.85 by its frequency for beta in [0, 1.5].
         margin: the smallest correct-minus-wrong logit gap over the grid (loss ~ 2 exp(-margin)).
         gap: attention score gap between the attended position and the others.
+        gain: W_O and W_out write gain x, W_in and W_U read back / gain (see the module docstring).
 
     d_mlp = |K| p^2; n_heads = 2, d_head = 2 |K|; attention rate 1.
     """
@@ -126,18 +135,18 @@ def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin
             for head, copy in ((0, a_copy), (1, b_copy)):
                 for i in range(2):
                     attn.W_V[head, tok + i, 2 * f + i] = 1.0
-                    attn.W_O[head, 2 * f + i, copy + i] = 1.0
+                    attn.W_O[head, 2 * f + i, copy + i] = gain
             neurons = slice(f * p * p, (f + 1) * p * p)
-            mlp.W_in[a_copy, neurons] = torch.cos(phi).float()
-            mlp.W_in[a_copy + 1, neurons] = torch.sin(phi).float()
-            mlp.W_in[b_copy, neurons] = torch.cos(psi).float()
-            mlp.W_in[b_copy + 1, neurons] = torch.sin(psi).float()
+            mlp.W_in[a_copy, neurons] = (torch.cos(phi) / gain).float()
+            mlp.W_in[a_copy + 1, neurons] = (torch.sin(phi) / gain).float()
+            mlp.W_in[b_copy, neurons] = (torch.cos(psi) / gain).float()
+            mlp.W_in[b_copy + 1, neurons] = (torch.sin(psi) / gain).float()
             mlp.b_in[neurons] = beta
-            mlp.W_out[neurons, out] = torch.cos(phi + psi).float()
-            mlp.W_out[neurons, out + 1] = torch.sin(phi + psi).float()
+            mlp.W_out[neurons, out] = (gain * torch.cos(phi + psi)).float()
+            mlp.W_out[neurons, out + 1] = (gain * torch.sin(phi + psi)).float()
             angle = _angles(p, k)
-            model.W_U[out, :p] = (lam * torch.cos(angle)).float()
-            model.W_U[out + 1, :p] = (lam * torch.sin(angle)).float()
+            model.W_U[out, :p] = (lam / gain * torch.cos(angle)).float()
+            model.W_U[out + 1, :p] = (lam / gain * torch.sin(angle)).float()
     return model
 
 
@@ -151,7 +160,7 @@ def _pizza_readout(p: int, k: int, phases: Tensor) -> Float[Tensor, "p_sq 2"]:
 
 
 def exact_pizza_model(task: Task, freqs: list[int], *, n_phases: int | None = None,
-                      margin: float = 16.0) -> HookedTransformer:
+                      margin: float = 16.0, gain: float = GAIN) -> HookedTransformer:
     """A one-layer pizza with constant attention (alpha = 0): logit ~ sum_k A_k(a-b) cos(w_k(a+b-c)).
 
     Args:
@@ -159,6 +168,7 @@ def exact_pizza_model(task: Task, freqs: list[int], *, n_phases: int | None = No
         freqs: the circles' frequencies, e.g. [2, 5, 9].
         n_phases: neurons per frequency (default 2p; a multiple of p makes A_k depend on a - b only).
         margin: the smallest correct-minus-wrong logit gap over the full grid.
+        gain: W_O and W_out write gain x, W_in and W_U read back / gain (see the module docstring).
 
     d_mlp = |K| n_phases; one head, d_head = 2 |K|; attention rate 0; accuracy 1.0 over the grid.
     """
@@ -190,15 +200,15 @@ def exact_pizza_model(task: Task, freqs: list[int], *, n_phases: int | None = No
             tok, total, out = 6 * f, 6 * f + 2, 6 * f + 4
             for i in range(2):
                 attn.W_V[0, tok + i, 2 * f + i] = 1.0
-                attn.W_O[0, 2 * f + i, total + i] = 1.0
+                attn.W_O[0, 2 * f + i, total + i] = gain
             neurons = slice(f * n_phases, (f + 1) * n_phases)
-            mlp.W_in[total, neurons] = torch.cos(phases).float()
-            mlp.W_in[total + 1, neurons] = torch.sin(phases).float()
-            mlp.W_out[neurons, out] = torch.cos(2 * phases).float()
-            mlp.W_out[neurons, out + 1] = torch.sin(2 * phases).float()
+            mlp.W_in[total, neurons] = (torch.cos(phases) / gain).float()
+            mlp.W_in[total + 1, neurons] = (torch.sin(phases) / gain).float()
+            mlp.W_out[neurons, out] = (gain * torch.cos(2 * phases)).float()
+            mlp.W_out[neurons, out + 1] = (gain * torch.sin(2 * phases)).float()
             angle = _angles(p, k)
-            model.W_U[out, :p] = (lam * torch.cos(angle)).float()
-            model.W_U[out + 1, :p] = (lam * torch.sin(angle)).float()
+            model.W_U[out, :p] = (lam / gain * torch.cos(angle)).float()
+            model.W_U[out + 1, :p] = (lam / gain * torch.sin(angle)).float()
     return model
 
 

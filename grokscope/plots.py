@@ -289,9 +289,9 @@ def fourier_norms(norms: Float[Tensor, "n_freq"] | Float[np.ndarray, "n_freq"],
 def neuron_clusters(neuron_freq: Int[Tensor, "d_mlp"] | Int[np.ndarray, "d_mlp"],
                     frac_explained: Float[Tensor, "d_mlp"] | Float[np.ndarray, "d_mlp"], *,
                     threshold: float = 0.85, title: str = "Neuron frequency clusters") -> go.Figure:
-    """Neurons per frequency cluster (0 = unexplained) and the histogram of the fraction of each
-    neuron's variance explained by its frequency block {const, cos k, sin k}^2 ([N23]), with the
-    threshold below which a neuron counts as unexplained.
+    """Neurons per frequency cluster and the histogram of the fraction of each neuron's variance
+    explained by its frequency block {const, cos k, sin k}^2 ([N23]). A neuron is "unexplained" when its
+    frequency is 0 or its fraction is below ``threshold`` (drawn on the histogram).
     """
     freq = _array(neuron_freq, "neuron_clusters neuron_freq").reshape(-1)
     frac = _array(frac_explained, "neuron_clusters frac_explained").reshape(-1)
@@ -302,7 +302,8 @@ def neuron_clusters(neuron_freq: Int[Tensor, "d_mlp"] | Int[np.ndarray, "d_mlp"]
         return _empty(title, "no neurons")
     fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.12,
                         subplot_titles=("neurons per frequency", "fraction explained"))
-    clusters, counts = np.unique(freq[np.isfinite(freq)].astype(int), return_counts=True)
+    explained = np.isfinite(freq) & (np.nan_to_num(frac) >= threshold)
+    clusters, counts = np.unique(np.where(explained, np.nan_to_num(freq), 0).astype(int), return_counts=True)
     names = ["unexplained" if k == 0 else f"k={k}" for k in clusters]
     fig.add_trace(go.Bar(x=names, y=counts.tolist(), name="neurons",
                          marker_color=[COLORS["full"] if k == 0 else COLORS["key"] for k in clusters],
@@ -315,7 +316,7 @@ def neuron_clusters(neuron_freq: Int[Tensor, "d_mlp"] | Int[np.ndarray, "d_mlp"]
                   label=dict(text=f"threshold {threshold:g}", textposition="end", font=dict(size=10)))
     fig.update_xaxes(title_text="fraction of variance explained", range=[0, 1.02], row=1, col=2)
     fig.update_yaxes(title_text="neurons", row=1, col=2)
-    share = float(np.mean(frac[np.isfinite(frac)] >= threshold)) if np.isfinite(frac).any() else math.nan
+    share = float(np.mean(explained & (np.nan_to_num(freq) != 0)))
     notes = [f"{share:.1%} of {freq.size} neurons explained at >= {threshold:g}"]
     return _finish(fig, title, notes, 420, hovermode="closest", showlegend=False)
 

@@ -76,7 +76,7 @@ class Progress:
         rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
         eta = f"eta {_format_seconds((self.total - self.n) / rate)}" if rate > 0 and self.n < self.total else ""
         parts = [self.desc, f"[{bar}] {self.n}/{self.total}", format_fields(self.fields),
-                 f"{rate:.1f}/s" if rate else "", eta, _format_seconds(elapsed)]
+                 f"{rate:.3g}/s" if rate else "", eta, _format_seconds(elapsed)]
         line = "  ".join(part for part in parts if part)
         self.stream.write("\r" + line + " " * max(self._last_len - len(line), 0))
         self.stream.flush()

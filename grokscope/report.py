@@ -49,7 +49,7 @@ th{font-weight:600;color:#444} code{background:#f3f3f3;padding:0 .2rem;border-ra
 header code{background:rgba(255,255,255,.15);color:#fff}
 .label{display:inline-block;padding:.1rem .6rem;border-radius:1rem;color:#fff;font-weight:600}
 .label-pizza{background:#e8710a}.label-clock{background:#1f77b4}.label-other{background:#777}
-.muted{color:#666} nav a{margin-right:.9rem} .gs-plot{width:100%}
+.muted{color:#666} header .muted{color:#c9d3e3} nav a{margin-right:.9rem} .gs-plot{width:100%}
 """
 
 
@@ -109,10 +109,14 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{_e(anchor)}"><h2>{_e(title)}</h2>{body}</section>'
 
 
+_OP_TEXT = {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b"}
+
+
 def _task_text(task: Mapping[str, Any]) -> str:
     if not task:
         return "task unknown"
-    parts = [f"p = {task.get('p', '?')}", f"c = a {task.get('op', '?')} b (mod p)"]
+    op = task.get("op", "?")
+    parts = [f"p = {task.get('p', '?')}", f"c = {_OP_TEXT.get(op, op)} mod p"]
     if task.get("n_ctx") is not None:
         parts.append(f"n_ctx = {task['n_ctx']}")
     if task.get("eq_token") is not None:
@@ -163,7 +167,8 @@ _PHASE_EVENTS = [("memorization_step", "memorisation (train accuracy reaches 99%
 def _phases(ph: Mapping[str, Any]) -> str:
     if not ph:
         return '<p class="muted">No phases (no table of measures over training).</p>'
-    method = dict(ph.get("method") or {})
+    method = ph.get("method") or {}
+    method = dict(method) if isinstance(method, Mapping) else {"method": method}
     rows = []
     for key, name in _PHASE_EVENTS:
         how = method.pop(key, None) or method.pop(key.removesuffix("_step"), None)
@@ -189,6 +194,10 @@ def _models(models: Sequence[Mapping[str, Any]]) -> str:
                    "accuracy"], rows)
 
 
+_SHOWN = {"grokscope_version", "source", "task", "checkpoints", "classification", "key_frequencies", "final",
+          "phases", "models", "skipped"}
+
+
 def _body_sections(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     sections = []
     if "classification" in summary:
@@ -204,6 +213,9 @@ def _body_sections(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         sections.append(("phases", "Phases", _phases(summary["phases"] or {})))
     if "models" in summary:
         sections.append(("models", f"Models ({len(summary['models'])})", _models(summary["models"])))
+    for key, value in summary.items():
+        if key not in _SHOWN and value not in (None, [], {}, ""):
+            sections.append((f"more-{key}", key.replace("_", " ").capitalize(), _generic(value)))
     skipped = summary.get("skipped") or []
     body = _table(["path", "error"], [[s.get("path"), s.get("error")] for s in skipped]) if skipped \
         else '<p class="muted">None: every checkpoint was read.</p>'
@@ -211,7 +223,7 @@ def _body_sections(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return sections
 
 
-def _js_json(value: Any) -> str:
+def _js_json(value: str) -> str:
     """JSON text safe inside a <script> element: '<', '>' and '&' only occur in strings, as escapes."""
     return (value.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))

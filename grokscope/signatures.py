@@ -1,27 +1,30 @@
 """Clock and pizza signatures of a modular-addition model [Z23] (SCIENCE.md section 4).
 
-Every function is pure: a HookedTransformer (or tensors) and a Task in, numbers and small frozen
-dataclasses out. ``signatures(model, task)`` computes them all from one forward pass over the grid,
-one batched backward pass for the gradient symmetricity, and one batched forward pass over the grid
-for every embedding circle's logit templates.
+Pure functions: a HookedTransformer (or tensors) and a Task in, numbers and small frozen dataclasses
+out. ``signatures(model, task)`` computes everything from one forward pass over the grid, one batched
+forward / backward pass for the gradient symmetricity and one batched forward pass over the grid
+for the logit templates of every embedding circle (``grokscope.templates``).
 
 - Gradient symmetricity (GS): mean cosine of dQ/dE_a and dQ/dE_b, Q the raw logit of a class c.
 - Distance irrelevance (DI): how little the correct logit depends on a - b.
 - Circularity: how purely the top principal components of the embedding are single frequencies.
 - Circles: consecutive principal components paired, with frequency k, index step delta = k^-1 mod p,
-  accompanying circles at 2k, and their logit-template fractions of variance explained.
+  accompanying circles at 2k, and their clock / pizza template fractions of variance explained.
 
->>> from grokscope.formats.pizza import read_model                        # doctest: +SKIP
->>> run = read_model("tests/fixtures/pizza/model_p99zdpze5l.pt")          # doctest: +SKIP
->>> s = signatures(run.model(), run.task)                                 # doctest: +SKIP
->>> round(s.gradient_symmetricity, 4), [c.delta for c in s.circles[:3]]   # doctest: +SKIP
-(0.9937, [7, 20, 4])
+>>> from grokscope.constructions import exact_clock_model
+>>> task = Task(p=23)
+>>> s = signatures(exact_clock_model(task, [3, 7]), task)
+>>> s.di_correct, round(s.circularity, 6), [c.freq for c in s.circles]
+(1.0, 1.0, [3, 7])
+>>> round(s.circles[0].template_fve["clock"], 6)
+1.0
 """
 
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -30,6 +33,7 @@ from torch import Tensor
 from grokscope.errors import GrokscopeError
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.tasks import Task
+from grokscope.templates import circle_fve, isolated_circle_logits
 
 DEGENERATE_RTOL = 1e-4
 """DI is defined as 1 when the logit matrix varies less than this fraction of the logits' spread."""
@@ -132,21 +136,62 @@ def distance_irrelevance(logits: Float[Tensor, "n_inputs p"], task: Task, *,
 
 
 # ----- embedding PCA, circularity and circles ----------------------------------------------------
-def embedding_pca(W_rows: Float[Tensor, "p d_model"]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """PCA of token embeddings: (scores (p, r), components (r, d_model), explained share (r,), mean)."""
+class EmbeddingPCA(NamedTuple):
+    """PCA of p embedding rows: scores (p, r), components (r, d_model), variance share (r,), mean."""
+
+    scores: Tensor
+    components: Tensor
+    share: Tensor
+    mean: Tensor
+
+
+def embedding_pca(W_rows: Float[Tensor, "p d_model"], *, rtol: float = 1e-5) -> EmbeddingPCA:
+    """Centred PCA (SVD, float64) of token embedding rows, components by decreasing variance.
+
+    Components with no variance (below 1e-12 of the largest) are dropped. Components whose singular
+    values agree within ``rtol`` (of the largest) are not unique: any rotation of their span is an
+    equally valid PCA. grokscope picks the rotation that makes them single-frequency where possible
+    (and orders them by frequency), so exact constructions with equal-sized circles read as circles.
+    """
     rows = W_rows.detach().double()
     mean = rows.mean(dim=0)
     U, S, Vh = torch.linalg.svd(rows - mean, full_matrices=False)
-    share = S**2 / (S**2).sum().clamp_min(1e-300)
-    return U * S, Vh, share, mean
+    keep = S > S[0] * 1e-6 if len(S) and S[0] > 0 else torch.zeros_like(S, dtype=torch.bool)
+    scores, comps, S = U[:, keep] * S[keep], Vh[keep], S[keep]
+    start = 0
+    for end in range(1, len(S) + 1):
+        if end == len(S) or S[end - 1] - S[end] > rtol * S[0]:
+            if end - start > 1:
+                rotation = _frequency_rotation(scores[:, start:end])
+                scores[:, start:end] = scores[:, start:end] @ rotation
+                comps[start:end] = rotation.T @ comps[start:end]
+            start = end
+    share = S**2 / (S**2).sum() if len(S) else S
+    return EmbeddingPCA(scores, comps, share, mean)
+
+
+def _frequency_rotation(scores: Tensor) -> Tensor:
+    """Orthogonal R making the columns of scores @ R single-frequency where the span allows.
+
+    Eigenvectors of sum_k k * G^T P_k G (P_k the projector on frequency k over the rows): for a span
+    of pure-frequency vectors this matrix is diagonal in exactly that basis, with distinct eigenvalues.
+    """
+    p = scores.shape[0]
+    x = torch.arange(p, dtype=torch.float64)
+    freqs = torch.arange(1, (p - 1) // 2 + 1, dtype=torch.float64)
+    angle = 2 * math.pi * freqs[:, None] * x[None] / p
+    coeff_cos, coeff_sin = torch.cos(angle) @ scores, torch.sin(angle) @ scores  # (n_freqs, m)
+    weights = freqs[:, None]
+    mixed = (coeff_cos * weights).T @ coeff_cos + (coeff_sin * weights).T @ coeff_sin
+    return torch.linalg.eigh(mixed).eigenvectors
 
 
 def frequency_energy(values: Float[Tensor, "p n"]) -> Float[Tensor, "n n_freqs"]:
     """Fraction of each column's energy at frequency k = 1..(p-1)/2 (cos and sin together).
 
-    Normalised by the column's own energy over the p rows it is defined on, so a column that is a
-    pure cos(2 pi k x / p + phase) scores 1 at k. The result does not depend on how a Fourier basis
-    is ordered: e_k = 2 |sum_x v_x exp(2 pi i k x / p)|^2 / (p sum_x v_x^2) for mean-zero v.
+    e_k = 2 |sum_x v_x exp(2 pi i k x / p)|^2 / (p sum_x v_x^2) for mean-zero columns v, normalised
+    over the p rows the transform uses: a pure cos(2 pi k x / p + phase) scores 1 at k. Independent
+    of any Fourier basis ordering.
     """
     p = values.shape[0]
     spectrum = torch.fft.fft(values.double(), dim=0)[1 : (p - 1) // 2 + 1]
@@ -168,15 +213,11 @@ def index_step(freq: int, p: int) -> int:
     return _fold(pow(freq, -1, p), p)
 
 
-def component_frequencies(W_rows: Float[Tensor, "p d_model"], n_components: int
-                          ) -> tuple[list[int], list[float], Tensor, Tensor, Tensor, Tensor]:
-    """Best frequency and its energy fraction for each of the first principal components."""
-    scores, comps, share, mean = embedding_pca(W_rows)
-    n = min(n_components, scores.shape[1])
-    energy = frequency_energy(scores[:, :n])
-    fraction, best = energy.max(dim=1)
-    return ([int(k) + 1 for k in best], [min(max(float(f), 0.0), 1.0) for f in fraction],
-            scores, comps, share, mean)
+def component_frequencies(pca: EmbeddingPCA, n_components: int) -> tuple[list[int], list[float]]:
+    """Best frequency and its energy fraction (clipped to [0, 1]) of the first principal components."""
+    n = min(n_components, pca.scores.shape[1])
+    fraction, best = frequency_energy(pca.scores[:, :n]).max(dim=1)
+    return [int(k) + 1 for k in best], [min(max(float(f), 0.0), 1.0) for f in fraction]
 
 
 def embedding_rows(model: HookedTransformer, task: Task, operand: str = "a") -> Float[Tensor, "p d_model"]:
@@ -186,11 +227,15 @@ def embedding_rows(model: HookedTransformer, task: Task, operand: str = "a") -> 
 
 
 def circularity(W_rows: Float[Tensor, "p d_model"], n_components: int = 4) -> float:
-    """Mean over the first ``n_components`` principal components of their largest single-frequency
+    """Mean over the first ``n_components`` principal components of each one's largest single-frequency
     energy fraction [Z23]. Normalised over the p rows the transform uses (the released code used all
     vocabulary rows, which halves it for diff_vocab models)."""
-    _, fractions, *_ = component_frequencies(W_rows, n_components)
-    return sum(fractions) / len(fractions)
+    return _mean_fraction(embedding_pca(W_rows), n_components)
+
+
+def _mean_fraction(pca: EmbeddingPCA, n_components: int) -> float:
+    _, fractions = component_frequencies(pca, n_components)
+    return sum(fractions) / len(fractions) if fractions else 0.0
 
 
 @dataclass(frozen=True)
@@ -227,8 +272,8 @@ class Circle:
     phase: float = 0.0
 
     def to_dict(self) -> dict:
-        """JSON-safe dict of every field."""
-        return asdict(self)
+        """JSON-safe dict of every field, and ``is_accompanying``."""
+        return {**asdict(self), "is_accompanying": self.is_accompanying}
 
     @property
     def is_accompanying(self) -> bool:
@@ -240,122 +285,17 @@ class Circle:
         return fve["accompanying"] > max(fve["clock"], fve["pizza"])
 
 
-# ----- logit templates ---------------------------------------------------------------------------
-TEMPLATES = ("clock", "pizza", "accompanying")
-N_PHASES = 360
-
-
-def _template_factors(kind: str, p: int, freq: int, phases: Tensor) -> tuple[Tensor, Tensor]:
-    """Templates factor as T(a, b, c) = f(d) g(x), d = (a - b) mod p, x = (a + b - c) mod p.
-
-    clock: cos(w(a+b-c)): f = 1, g = cos(w x).
-    pizza, as the released code builds it from s = E_a + E_b on the circle, read out along the
-        half angle w c / 2: |<s, u_c>| - |<s, u_c perp>| = 2 |cos((w d + phase)/2)| (|cos(w x/2)| - |sin(w x/2)|).
-    accompanying (freq = the base circle's k): -(cos(2wa - wc) + cos(2wb - wc))
-        = -2 cos(w d + phase) cos(w x).
-    ``phases`` (n,) gives one f per phase (the relative phase of the b circle, 0 for shared embeddings).
-    """
-    w = 2 * math.pi * freq / p
-    x = torch.arange(p, dtype=torch.float64)
-    if kind == "clock":
-        return torch.ones(len(phases), p, dtype=torch.float64), torch.cos(w * x)
-    if kind == "pizza":
-        f = 2 * torch.cos((w * x[None] + phases[:, None]) / 2).abs()
-        return f, torch.cos(w * x / 2).abs() - torch.sin(w * x / 2).abs()
-    if kind == "accompanying":
-        return -2 * torch.cos(w * x[None] + phases[:, None]), torch.cos(w * x)
-    raise GrokscopeError(f"template {kind!r}", expected=f"one of {TEMPLATES}", where="template_fve")
-
-
-def template_fve(logits: Float[Tensor, "p p p"], kind: str, freq: int, *,
-                 fit_phase: bool = False) -> tuple[float, float, float]:
-    """Fraction of variance of ``logits[a, b, c]`` explained by a template [Z23].
-
-    The paper's convention: z-score both over all p^3 entries, FVE = 1 - Var(z_L - z_T) = 2 rho - 1
-    (not R^2: a pure pizza still scores ~75% on the clock template, so compare, never threshold one).
-    Returns (fve, fve_centred, phase): ``fve_centred`` first removes the per-class and per-input
-    means of the logits (the templates have none). With ``fit_phase`` (separate a and b embeddings)
-    the relative phase in f(d) is chosen on a 1-degree grid to maximise the centred FVE.
-    Computed through the factorisation T = f(d) g(x), without building any p^3 template.
-    """
-    p = logits.shape[0]
-    L = logits.double()
-    a = torch.arange(p)
-    s, d = (a[:, None] + a[None]) % p, (a[:, None] - a[None]) % p
-    x = (s[:, :, None] - a[None, None]) % p
-    phases = torch.arange(N_PHASES, dtype=torch.float64) * (2 * math.pi / N_PHASES) if fit_phase \
-        else torch.zeros(1, dtype=torch.float64)
-    f, g = _template_factors(kind, p, freq, phases)
-    g_c = g - g.mean()
-    n = p**3
-    per_input = (L * g[x]).sum(-1)                                   # sum_c L g(a+b-c), (p, p)
-    per_input_c = per_input - g.mean() * L.sum(-1)
-    by_d = torch.zeros(p, dtype=torch.float64).index_add_(0, d.flatten(), per_input.flatten())
-    by_d_c = torch.zeros(p, dtype=torch.float64).index_add_(0, d.flatten(), per_input_c.flatten())
-    L_c = L - L.mean(dim=(0, 1), keepdim=True) - L.mean(dim=2, keepdim=True) + L.mean()
-    std_c = L_c.pow(2).mean().sqrt() * (f.pow(2).mean(1) * g_c.pow(2).mean()).sqrt()
-    rho_c = (f @ by_d_c / n) / std_c.clamp_min(1e-300)
-    best = int(rho_c.argmax())
-    f_best = f[best]
-    mean_t = f_best.mean() * g.mean()
-    std_t = (f_best.pow(2).mean() * g.pow(2).mean() - mean_t**2).clamp_min(0).sqrt()
-    cov = f_best @ by_d / n - L.mean() * mean_t
-    rho = cov / (L.std(unbiased=False) * std_t).clamp_min(1e-300)
-    return float(2 * rho - 1), float(2 * rho_c[best] - 1), float(phases[best])
-
-
-class _ReadOut(torch.nn.Module):
-    """Wraps a model so ``torch.func.functional_call`` can swap its W_E for ``final_logits``."""
-
-    def __init__(self, model: HookedTransformer):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return final_logits(self.model, tokens)
-
-
-def _fourier_projection(rows: Tensor, freq: int) -> Tensor:
-    p = rows.shape[0]
-    angle = 2 * math.pi * freq * torch.arange(p, dtype=torch.float64) / p
-    basis = torch.stack([torch.cos(angle), torch.sin(angle)]) * math.sqrt(2 / p)
-    return basis.T @ (basis @ rows)
-
-
-def isolated_circle_logits(model: HookedTransformer, task: Task,
-                           circles: list[Circle]) -> Float[Tensor, "n_circles p p p"]:
-    """Logits over the grid with each circle isolated in the embedding, as [Z23] does.
-
-    Operand-a rows become mean + the circle's two principal components; with diff_vocab the b rows
-    become their mean + their own Fourier component at the circle's frequency; other rows are kept.
-    All circles go through one batched forward pass (one stacked embedding table).
-    """
-    p, W_E = task.p, model.W_E.detach()
-    _, _, scores, comps, _, mean = component_frequencies(embedding_rows(model, task), 0)
-    tables = []
-    for circle in circles:
-        table = W_E.double().clone()
-        keep = list(circle.components)
-        table[:p] = mean + scores[:, keep] @ comps[keep]
-        if task.diff_vocab:
-            rows_b = table[p : 2 * p]
-            table[p : 2 * p] = rows_b.mean(0) + _fourier_projection(rows_b - rows_b.mean(0), circle.freq)
-        tables.append(table.to(W_E.dtype))
-    grid = task.tokens()
-    tokens = torch.cat([grid + i * W_E.shape[0] for i in range(len(circles))])
-    with torch.no_grad():
-        logits = torch.func.functional_call(_ReadOut(model), {"model.embed.W_E": torch.cat(tables)}, (tokens,))
-    return logits[:, :p].reshape(len(circles), p, p, p)
-
-
-def find_circles(W_rows: Float[Tensor, "p d_model"], n_circles: int = 6) -> list[Circle]:
+def find_circles(W_rows: Float[Tensor, "p d_model"], n_circles: int = 6,
+                 pca: EmbeddingPCA | None = None) -> list[Circle]:
     """Pair principal components (0, 1), (2, 3), ... into circles with frequency and index step [Z23].
 
     Model A of [Z23] gives delta = 7, 20, 4 (k = 17, 3, 15) and accompanying circles delta = 26,
     10, 2 (k = 25, 6, 29 = 2k folded). Templates are filled in by ``signatures``.
     """
     p = W_rows.shape[0]
-    freqs, fractions, _, _, share, _ = component_frequencies(W_rows, 2 * n_circles)
+    pca = pca if pca is not None else embedding_pca(W_rows)
+    freqs, fractions = component_frequencies(pca, 2 * n_circles)
+    share = pca.share
     circles = []
     for i in range(len(freqs) // 2):
         j = 2 * i
@@ -370,3 +310,96 @@ def find_circles(W_rows: Float[Tensor, "p d_model"], n_circles: int = 6) -> list
                               is_circle=same and min(fractions[j], fractions[j + 1]) >= 0.5,
                               doubles=doubles if same else None))
     return circles
+
+
+def _with_templates(model: HookedTransformer, task: Task, circles: list[Circle],
+                    pca: EmbeddingPCA) -> list[Circle]:
+    """The circles with their template FVE filled in (one batched forward pass for all of them)."""
+    chosen = [c for c in circles if c.is_circle]
+    if not chosen:
+        return circles
+    planes = [pca.scores[:, list(c.components)] @ pca.components[list(c.components)] for c in chosen]
+    logits = isolated_circle_logits(model, task, planes, [c.freq for c in chosen], pca.mean)
+    freq_of, done = {c.index: c.freq for c in circles}, {}
+    for circle, circle_logits in zip(chosen, logits):
+        base = freq_of[circle.doubles] if circle.doubles is not None else None
+        paper, centred, phase = circle_fve(circle_logits, circle.freq, base, fit_phase=task.diff_vocab)
+        done[circle.index] = replace(circle, template_fve=paper, template_fve_centred=centred, phase=phase)
+    return [done.get(c.index, c) for c in circles]
+
+
+def _weighted_templates(circles: list[Circle], key: str) -> dict | None:
+    main = [c for c in circles if c.is_circle and not c.is_accompanying and getattr(c, key)]
+    total = sum(c.variance for c in main)
+    if not main or total <= 0:
+        return None
+    return {name: sum(c.variance * getattr(c, key)[name] for c in main) / total
+            for name in ("clock", "pizza")}
+
+
+@dataclass(frozen=True)
+class Signatures:
+    """Every clock / pizza signature of one model [Z23].
+
+    Attributes:
+        p: the modulus. accuracy: over the full grid (argmax of the p class logits).
+        gradient_symmetricity: GS with ``n_samples`` triples of the seed-``seed`` protocol.
+        di_correct: distance irrelevance of the correct logit (the paper's definition).
+        di_runnerup: the same for the largest wrong logit (the released result tables).
+        circularity: of the operand-a embedding rows; circularity_b: of the b rows (diff_vocab only).
+        circles: consecutive principal-component pairs of the operand-a embedding, with templates.
+        template_fve, template_fve_centred: clock and pizza FVE averaged over the circles that are
+            neither accompanying nor broken pairs, weighted by their embedding variance (None if none).
+    """
+
+    p: int
+    accuracy: float
+    gradient_symmetricity: float
+    di_correct: float
+    di_runnerup: float
+    circularity: float
+    circularity_b: float | None
+    circles: tuple[Circle, ...]
+    template_fve: dict | None
+    template_fve_centred: dict | None
+    n_samples: int = 100
+    seed: int = 42
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict; circles as a list of dicts."""
+        data = asdict(self)
+        data["circles"] = [c.to_dict() for c in self.circles]
+        return data
+
+
+def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, seed: int = 42,
+               n_circles: int = 6, templates: bool = True) -> Signatures:
+    """All signatures of ``model`` on ``task`` (modular addition): see the module docstring.
+
+    Work: one forward pass over the grid (accuracy, DI), one batched forward / backward pass over
+    ``n_samples`` triples (GS), and with ``templates`` one batched forward pass over the grid for all
+    circles (without it, circles carry no template FVE and the cost drops to the first two).
+    """
+    _require_addition(task, "signatures")
+    if model.cfg.d_vocab_out < task.p or model.cfg.d_vocab < task.d_vocab:
+        raise GrokscopeError(f"d_vocab = {model.cfg.d_vocab}, d_vocab_out = {model.cfg.d_vocab_out}",
+                             expected=f"a model of {task} (d_vocab {task.d_vocab}, >= {task.p} outputs)",
+                             where="signatures")
+    with torch.no_grad():
+        logits = final_logits(model, task.tokens())[:, : task.p]
+    accuracy = float((logits.argmax(dim=1) == task.labels()).double().mean())
+    rows_a = embedding_rows(model, task, "a")
+    pca = embedding_pca(rows_a)
+    circles = find_circles(rows_a, n_circles, pca)
+    if templates:
+        circles = _with_templates(model, task, circles, pca)
+    return Signatures(
+        p=task.p, accuracy=accuracy,
+        gradient_symmetricity=gradient_symmetricity(model, task, n_samples=n_samples, seed=seed),
+        di_correct=distance_irrelevance(logits, task),
+        di_runnerup=distance_irrelevance(logits, task, runner_up=True),
+        circularity=_mean_fraction(pca, 4),
+        circularity_b=circularity(embedding_rows(model, task, "b")) if task.diff_vocab else None,
+        circles=tuple(circles), template_fve=_weighted_templates(circles, "template_fve"),
+        template_fve_centred=_weighted_templates(circles, "template_fve_centred"),
+        n_samples=n_samples, seed=seed)

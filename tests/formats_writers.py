@@ -16,6 +16,16 @@ from grokscope.models import build_model, nanda_config, parameter_state_dict, pi
 from grokscope.tasks import Task
 
 
+class OpensAFile:
+    """Unpickling this calls ``open(marker, "w")``: code that runs when the file is loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
 def make_model(seed: int, task: Task | None = None, *, n_layers: int = 1, act_fn: str = "relu",
                attention_biases: bool = True, alpha: float = 1.0, d_model: int = 32, n_heads: int = 4,
                d_mlp: int = 64, scale: float = 0.3):

@@ -7,6 +7,7 @@ every resource the page fetched and, for each ``div.gs-plot``, whether plotly dr
 those records back, and the plot divs are checked again in the dumped DOM itself.
 """
 
+import html
 import json
 import re
 import shutil
@@ -90,7 +91,6 @@ def _record(dom: str, element_id: str):
     match = re.search(rf'<pre id="{element_id}"[^>]*>(.*?)</pre>', dom, re.S)
     if match is None:
         return None
-    import html
     return json.loads(html.unescape(match.group(1)))
 
 

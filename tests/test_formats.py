@@ -7,6 +7,7 @@ layout an independent forward pass in that layout's own conventions.
 import dataclasses
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -70,6 +71,7 @@ def test_nanda_run_round_trip(tmp_path, with_epochs):
     assert run.format == "nanda" and run.task == TASK and run.alpha == 1.0
     assert run.steps == [0, 100, 200, 300]
     assert run.cfg.attention_dir == "causal" and run.cfg.act_fn == "relu"
+    assert run.cfg.seed is None  # a seeded config would reseed the global RNGs on every model built
     assert_same_logits(run, models)
     assert run.train_indices.tolist() == nanda_split_reference(TASK.p, 0.3, 7)
     assert run.log["step"] == list(range(0, 300, 10))
@@ -192,6 +194,10 @@ def test_transformer_lens_folder_run(tmp_path):
     assert run.steps == [0, 50, 1000] and len(run.checkpoint_paths) == 3
     assert run.log == {"step": [0, 50, 1000], "train_loss": [4.5, 0.1, 1e-7], "test_loss": [4.6, 5.0, 2e-7]}
     assert_same_logits(run, models)
+    # lazy: the run holds no weights, a checkpoint is read from its file when asked for
+    replacement = make_model(34)
+    save_file(parameter_state_dict(replacement), str(tmp_path / "step_50.safetensors"))
+    assert_same_logits(run, [models[0], replacement, models[2]])
 
 
 # ----- the TransformerLens grokking-demo bundle ------------------------------------------------
@@ -277,3 +283,17 @@ def test_pizza_release_is_detected_before_the_nanda_layout():
     assert detect(os.path.join(folder, "model_p99zdpze5l.pt")) == "pizza_release"
     assert detect(folder) == "pizza_release"
     assert not nanda.matches(os.path.join(folder, "model_p99zdpze5l.pt"))
+
+
+def test_native_run_is_detected_alone_and_in_a_collection(tiny_run_dir, tmp_path):
+    pytest.importorskip("grokscope.formats.native")
+    assert detect(tiny_run_dir) == "native" and detect(tiny_run_dir / "checkpoints") == "native"
+    run = load_run(tiny_run_dir)
+    assert run.format == "native" and run.task.p == 13 and len(run.steps) > 1
+    shutil.copytree(tiny_run_dir, tmp_path / "native_run")
+    model = make_model(61)
+    write_tl(str(tmp_path / "z_model.safetensors"), model)
+    runs = load_runs(tmp_path)
+    assert [r.format for r in runs] == ["native", "transformer_lens"]
+    assert runs[0].steps == run.steps
+    assert_same_logits(runs[1], [model])

@@ -222,8 +222,11 @@ def test_neuron_clusters_counts():
     frac = torch.tensor([0.2, 0.9, 0.95, 0.86, 0.5, 0.99, 0.84, 0.9])
     fig = plots.neuron_clusters(freq, frac)
     bars = trace(fig, "neurons")
-    assert list(bars.x) == ["unexplained", "k=14", "k=35", "k=41"]
-    assert list(bars.y) == [2, 3, 2, 1]
+    # k = 41's only neuron is explained at 0.84 < 0.85: unexplained, like the two of frequency 0
+    assert list(bars.x) == ["unexplained", "k=14", "k=35"]
+    assert list(bars.y) == [3, 3, 2]
+    lenient = trace(plots.neuron_clusters(freq, frac, threshold=0.8), "neurons")
+    assert list(lenient.x) == ["unexplained", "k=14", "k=35", "k=41"] and list(lenient.y) == [2, 3, 2, 1]
     hist = trace(fig, "fraction explained")
     assert list(hist.x) == pytest.approx(frac.tolist(), rel=1e-6)
     assert [s.x0 for s in fig.layout.shapes if s.type == "line"] == [0.85]
@@ -349,3 +352,29 @@ def test_phases_as_a_dataclass_and_at_step_zero():
     linear = plots.loss_curves(table, PhasesRecord(memorization_step=0, circuit_formation_start=0,
                                                    circuit_formation_end=500), log_x=False)
     assert {s.x0 for s in linear.layout.shapes if s.type == "line"} == {0}
+
+
+FIXTURES = "/work/shared/fixtures/pizza"
+
+
+@pytest.mark.parametrize("model_id, di_correct", [("p99zdpze5l", 0.1717), ("l8k1hzciux", 0.8483)])
+def test_logit_map_of_released_models_reads_back_the_published_di(model_id, di_correct):
+    """The heatmap's rows are a+b and columns a-b: distance irrelevance computed from the drawn grid
+    (mean over columns of the std over rows / std of all entries, [Z23]) matches SCIENCE.md."""
+    import os
+
+    import grokscope as gs
+    from grokscope.models import final_logits
+
+    path = f"{FIXTURES}/model_{model_id}.pt"
+    if not os.path.exists(path):
+        pytest.skip(f"fixture {path} is not present")
+    run = gs.load_run(path)
+    task, p = run.task, run.task.p
+    with torch.no_grad():
+        logits = final_logits(run.model(-1), task.tokens())[:, :p].double()
+    a, b = task.operands().T
+    grid = torch.empty(p, p, dtype=torch.float64)
+    grid[(a + b) % p, (a - b) % p] = logits[torch.arange(p * p), task.labels()]
+    z = np.array(plots.logit_map(grid).data[0].z, dtype=float)
+    assert z.std(axis=0).mean() / z.std() == pytest.approx(di_correct, abs=5e-4)

@@ -41,7 +41,8 @@ def make_summary(**overrides) -> dict:
                            "distance_irrelevance_runnerup": 0.2218, "circularity": 0.9978,
                            "template_fve": {"clock": 0.754, "pizza": 0.983},
                            "thresholds": {"gs_pizza": 0.98, "di_pizza": 0.4},
-                           "circles": [{"k": 17, "delta": 7, "label": "pizza"}, {"k": 3, "delta": 20, "label": "clock"}],
+                           "circles": [{"k": 17, "delta": 7, "label": "pizza"},
+                                       {"k": 3, "delta": 20, "label": "clock"}],
                            "evidence": ["GS 0.994 >= 0.98", "template vote: " + EVIL]},
         "skipped": [{"path": "checkpoints/step_<0001>.safetensors", "error": "truncated file & bad header"}],
     }
@@ -101,7 +102,7 @@ def page() -> tuple[str, list[tuple[str, go.Figure]]]:
 def test_header_and_sections(page):
     html, figures = page
     text = without_plotly_js(html)
-    assert "p = 59, c = a add b (mod p), n_ctx = 2, no &#x27;=&#x27; token" in text
+    assert "p = 59, c = a + b mod p, n_ctx = 2, no &#x27;=&#x27; token" in text
     assert "runs/&lt;b&gt;p59&lt;/b&gt; &amp; co/model_p99zdpze5l.pt" in text and "(zhong2023)" in text
     assert "3, steps 0 to 20000" in text
     assert "steps 0 to 20000" in report.render_report(make_summary(checkpoints={"steps": [0.0, 20000.0]}))
@@ -167,6 +168,19 @@ def test_folder_of_models():
 def test_sparse_summaries_render(summary):
     html = report.render_report(summary, [])
     assert "task unknown" in html and "<code>unknown</code>" in html and html.rstrip().endswith("</html>")
+
+
+def test_phase_method_as_plain_text():
+    html = report.render_report({"phases": {"grokking_step": 12, "method": "thresholds on accuracy"}}, [])
+    assert "<td>grokking (test accuracy reaches 99%)</td><td>12</td>" in html
+    assert "<th>method</th><td>thresholds on accuracy</td>" in html
+
+
+def test_other_summary_keys_are_shown():
+    html = report.render_report(make_summary(notes=["excluded loss skipped: no key frequencies " + EVIL],
+                                             alpha=0.0, empty=[]), [])
+    assert '<section id="more-notes"><h2>Notes</h2><ul><li>excluded loss skipped: no key frequencies &lt;' in html
+    assert '<h2>Alpha</h2>0</section>' in html and "more-empty" not in html
 
 
 def test_extra_sections_escaped():

@@ -81,7 +81,7 @@ def test_split_ignores_global_rng():
     assert torch.equal(first, Task(p=23).split(0.5, seed=0))
 
 
-@pytest.mark.parametrize("p", [4, 1, 2, 9, 15, "7", True, 7.0])
+@pytest.mark.parametrize("p", [4, 1, 2, 9, 15, -7, True])
 def test_bad_p_is_refused_with_its_value(p):
     with pytest.raises(ValueError, match=r"Task: found p = .*expected an odd prime") as info:
         Task(p=p)
@@ -89,11 +89,24 @@ def test_bad_p_is_refused_with_its_value(p):
     assert isinstance(info.value, GrokscopeError)
 
 
-@pytest.mark.parametrize("frac", [0, 1, -0.1, 1.5, "0.3", None])
+@pytest.mark.parametrize("p", ["7", 7.0, None])
+def test_p_of_the_wrong_type_is_refused(p):
+    # a ValueError from Task, or a TypeError first where annotations are checked at run time
+    with pytest.raises((ValueError, TypeError)):
+        Task(p=p)
+
+
+@pytest.mark.parametrize("frac", [0.0, 1.0, -0.1, 1.5, float("nan")])
 def test_bad_frac_is_refused_with_its_value(frac):
     with pytest.raises(ValueError, match=r"Task.split: found train fraction .*expected a number in \(0, 1\)") as info:
         Task(p=7).split(frac)
     assert repr(frac) in str(info.value)
+
+
+@pytest.mark.parametrize("frac", ["0.3", None])
+def test_frac_of_the_wrong_type_is_refused(frac):
+    with pytest.raises((ValueError, TypeError)):
+        Task(p=7).split(frac)
 
 
 def test_tiny_frac_leaving_no_rows_is_refused():

@@ -294,3 +294,33 @@ def test_fast_preset_groks_with_delayed_generalisation(fast_run_dir):
     assert summary["train_99_step"] is not None and summary["test_99_step"] is not None
     assert summary["test_99_step"] >= 3 * summary["train_99_step"]
     assert 50 <= summary["checkpoints"] <= 150
+
+
+# ----- the progress bar ---------------------------------------------------------------------------
+
+class _FakeTerminal:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_draws_on_a_terminal_only():
+    from grokscope.progress import Progress
+
+    terminal = _FakeTerminal()
+    with Progress(200, desc="train", initial=50, stream=terminal, min_interval=0.0) as bar:
+        bar.update(100, train_loss=0.012345, test_acc=0.5)
+    assert "train  [############------------] 100/200" in terminal.text
+    assert "train_loss 0.0123  test_acc 0.5" in terminal.text and terminal.text.endswith("\n")
+    quiet = _FakeTerminal()
+    with Progress(10, stream=quiet, enabled=False) as bar:
+        bar.update(5, train_loss=1.0)
+    assert quiet.text == ""

@@ -143,7 +143,7 @@ def check_structure(state: dict[str, Tensor], *, where: str, describe: str | Non
     describe = describe or describe_keys(state)
     norms = [k for k in state if _NORM_KEY.search(k)]
     if norms:
-        raise _refuse(describe, f"found LayerNorm weights ({', '.join(norms[:3])}), which grokscope's "
+        raise _refuse(describe, f"it has LayerNorm weights ({', '.join(norms[:3])}), which grokscope's "
                                 "models do not have", where)
     for name in ("embed.W_E", "pos_embed.W_pos", "unembed.W_U"):
         if name not in state:
@@ -189,7 +189,8 @@ def _infer_task(n_in: int, n_out: int, n_ctx: int, hints: dict[str, Any], *, whe
             reasons.append(f"the config says p = {stated_p} but p = {p} is inferred from {source}")
             continue
         if not is_prime(p) or p < 3:
-            reasons.append(f"p = {p} inferred from {source} is not an odd prime")
+            if not diff_vocab:
+                reasons.append(f"p = {p} inferred from {source} is not an odd prime")
             continue
         if n_out not in (p, n_in):
             reasons.append(f"p = {p} inferred from {source} but W_U has {n_out} outputs "
@@ -225,7 +226,7 @@ def infer_model(state: dict[str, Tensor], *, where: str, hints: dict[str, Any] |
         where: the file, for messages.
         hints: what a config states, with canonical keys (p, op, eq_token, diff_vocab, n_layers,
             d_model, n_heads, d_head, d_mlp, d_vocab, d_vocab_out, n_ctx, act_fn, attention_dir,
-            normalization_type, positional_embedding_type, attn_only, seed). Shapes are checked
+            normalization_type, positional_embedding_type, attn_only). Shapes are checked
             against the weights; the rest fills what the weights cannot say.
         describe: the original keys, for messages (defaults to ``state``'s).
 
@@ -255,7 +256,7 @@ def infer_model(state: dict[str, Tensor], *, where: str, hints: dict[str, Any] |
     for name, value in (("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads), ("d_head", d_head),
                         ("d_mlp", d_mlp), ("d_vocab", n_in), ("n_ctx", n_ctx)):
         _check_stated(hints, name, value, where)
-    if hints.get("d_vocab_out") is not None and int(hints["d_vocab_out"]) != n_out:
+    if isinstance(hints.get("d_vocab_out"), int) and hints["d_vocab_out"] > 0:  # TransformerLens's -1: unset
         _check_stated(hints, "d_vocab_out", n_out, where)
     inferred: dict[str, str] = {}
     task = _infer_task(n_in, n_out, n_ctx, hints, where=where, describe=describe, inferred=inferred)
@@ -276,10 +277,9 @@ def infer_model(state: dict[str, Tensor], *, where: str, hints: dict[str, Any] |
     if attention_dir not in ("causal", "bidirectional"):
         raise GrokscopeError(f"attention_dir {attention_dir!r} in the config",
                              expected="'causal' or 'bidirectional'", where=where)
-    seed = hints.get("seed")
+    # no seed: a config with one reseeds the global RNGs, and loaded weights need no initialisation
     cfg = nanda_config(task, n_layers=n_layers, d_model=int(d_model), n_heads=int(n_heads), d_head=int(d_head),
-                       d_mlp=int(d_mlp), act_fn=act_fn, attention_dir=attention_dir,
-                       seed=int(seed) if isinstance(seed, int) else None)
+                       d_mlp=int(d_mlp), act_fn=act_fn, attention_dir=attention_dir)
     return task, cfg, inferred
 
 

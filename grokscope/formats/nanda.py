@@ -77,7 +77,7 @@ def to_hooked(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def hints_from_config(config: dict[str, Any] | None, where: str) -> dict[str, Any]:
     """Canonical hints (see ``infer.infer_model``) from the code's config (p, fn_name, d_model,
-    num_heads, d_mlp, num_layers, n_ctx, d_vocab, act_type, seed)."""
+    num_heads, d_mlp, num_layers, n_ctx, d_vocab, act_type)."""
     config = config or {}
     hints: dict[str, Any] = {"attention_dir": "causal"}
     if config.get("fn_name") == "rand":
@@ -86,7 +86,7 @@ def hints_from_config(config: dict[str, Any] | None, where: str) -> dict[str, An
     if config.get("fn_name") is not None:
         hints["op"] = infer.operation_from(config["fn_name"], where)
     renames = {"p": "p", "d_model": "d_model", "num_heads": "n_heads", "d_mlp": "d_mlp",
-               "num_layers": "n_layers", "n_ctx": "n_ctx", "d_vocab": "d_vocab", "seed": "seed"}
+               "num_layers": "n_layers", "n_ctx": "n_ctx", "d_vocab": "d_vocab"}
     for key, name in renames.items():
         if isinstance(config.get(key), int) and not isinstance(config.get(key), bool):
             hints[name] = config[key]

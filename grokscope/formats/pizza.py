@@ -34,8 +34,8 @@ How the release code runs these weights, and how the reader maps it into a Hooke
   classes are unchanged; the release's softmax and argmax also ranged over the extra ids, which
   grokscope's analysis never does (on the six fixture models no argmax falls on an extra id).
 
-Weights load with ``torch.load(weights_only=True, map_location="cpu")``; the split is not released,
-so ``train_indices`` is None.
+Weights load through ``safe_load.load_pickle`` (``torch.load(weights_only=True)`` on the CPU). The
+train / test split is not released, so ``train_indices`` is None.
 
 >>> runs = read_folder("tests/fixtures/pizza")        # doctest: +SKIP
 >>> runs[0].model()                                   # doctest: +SKIP
@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from grokscope.errors import GrokscopeError
+from grokscope.formats import safe_load
 from grokscope.formats.base import Run
 from grokscope.models import HookedTransformerConfig, pizza_config
 from grokscope.tasks import Task
@@ -61,17 +62,17 @@ ACTIVATIONS = {"relu": "relu", "gelu": "gelu"}
 REQUIRED_CONFIG_KEYS = ("C", "d_model", "n_heads", "attn_coeff")
 
 
-def config_path_for(model_path: str) -> str:
+def config_path_for(model_path: str | os.PathLike) -> str:
     """The ``config_<id>.json`` beside ``model_<id>.pt``."""
     folder, name = os.path.split(model_path)
     match = MODEL_PATTERN.match(name)
     if match is None:
-        raise GrokscopeError(f"{model_path}: file name {name!r}", expected="model_<id>.pt",
-                             where="formats.pizza")
+        raise GrokscopeError(f"file name {name!r}", expected="model_<id>.pt",
+                             where=model_path)
     return os.path.join(folder, f"config_{match['id']}.json")
 
 
-def matches(path: str) -> bool:
+def matches(path: str | os.PathLike) -> bool:
     """True for a ``model_<id>.pt`` with its ``config_<id>.json`` beside it, or a folder holding such pairs."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -86,41 +87,41 @@ def _model_files(folder: str) -> list[str]:
     return [p for p in paths if os.path.isfile(config_path_for(p))]
 
 
-def read_folder(path: str) -> list[Run]:
+def read_folder(path: str | os.PathLike) -> list[Run]:
     """Every model of a release folder, one Run each, sorted by id."""
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise GrokscopeError(f"{path}: not a folder", expected="a folder of model_<id>.pt / config_<id>.json pairs",
-                             where="formats.pizza")
+        raise GrokscopeError("not a folder", expected="a folder of model_<id>.pt / config_<id>.json pairs",
+                             where=path)
     files = _model_files(path)
     if not files:
-        raise GrokscopeError(f"{path}: no model_<id>.pt with a config_<id>.json beside it",
-                             expected="the Clock-and-Pizza release layout", where="formats.pizza")
+        raise GrokscopeError("no model_<id>.pt with a config_<id>.json beside it",
+                             expected="the Clock-and-Pizza release layout", where=path)
     return [read_model(f) for f in files]
 
 
 def read_config(config_path: str) -> dict:
     """The JSON config of one model, checked for the keys the reader needs."""
     if not os.path.isfile(config_path):
-        raise GrokscopeError(f"{config_path}: missing", expected="config_<id>.json beside model_<id>.pt",
-                             where="formats.pizza")
+        raise GrokscopeError("no such file", expected="config_<id>.json beside model_<id>.pt",
+                             where=config_path)
     try:
         with open(config_path, encoding="utf-8") as handle:
             config = json.load(handle)
     except (OSError, ValueError) as error:
-        raise GrokscopeError(f"{config_path}: unreadable JSON ({error})", expected="a JSON object",
-                             where="formats.pizza") from None
+        raise GrokscopeError(f"unreadable JSON ({error})", expected="a JSON object",
+                             where=config_path) from None
     if not isinstance(config, dict):
-        raise GrokscopeError(f"{config_path}: a JSON {type(config).__name__}", expected="a JSON object",
-                             where="formats.pizza")
+        raise GrokscopeError(f"a JSON {type(config).__name__}", expected="a JSON object",
+                             where=config_path)
     missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
     if missing:
-        raise GrokscopeError(f"{config_path}: no keys {missing}", expected=f"keys {list(REQUIRED_CONFIG_KEYS)}",
-                             where="formats.pizza")
+        raise GrokscopeError(f"no keys {missing}", expected=f"keys {list(REQUIRED_CONFIG_KEYS)}",
+                             where=config_path)
     if config.get("use_linear"):
-        raise GrokscopeError(f"{config_path}: use_linear = {config['use_linear']!r}",
+        raise GrokscopeError(f"use_linear = {config['use_linear']!r}",
                              expected="a transformer run (the linear-model runs are another architecture)",
-                             where="formats.pizza")
+                             where=config_path)
     return config
 
 
@@ -130,7 +131,7 @@ def task_from_config(config: dict) -> Task:
                 diff_vocab=bool(config.get("diff_vocab", False)))
 
 
-def hooked_config(config: dict, task: Task, where: str = "formats.pizza") -> HookedTransformerConfig:
+def hooked_config(config: dict, task: Task, where: str = "config") -> HookedTransformerConfig:
     """The HookedTransformerConfig of a release config (bidirectional attention, d_mlp = 4 d_model)."""
     act = str(config.get("act_fn", "relu")).lower()
     if act not in ACTIVATIONS:
@@ -142,17 +143,13 @@ def hooked_config(config: dict, task: Task, where: str = "formats.pizza") -> Hoo
 
 
 def load_release_state(model_path: str) -> dict[str, Tensor]:
-    """The raw state dict of ``model_<id>.pt``, loaded without executing pickled code."""
-    try:
-        state = torch.load(model_path, weights_only=True, map_location="cpu")
-    except Exception as error:  # torch raises many types for damaged or unsafe files
-        raise GrokscopeError(f"{model_path}: unreadable ({type(error).__name__}: {str(error)[:200]})",
-                             expected="a state dict saved by torch.save", where="formats.pizza") from None
+    """The raw state dict of ``model_<id>.pt``, loaded weights-only (no pickled code runs)."""
+    state = safe_load.load_pickle(model_path, mmap=False)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise GrokscopeError(f"{model_path}: a {type(state).__name__}", expected="a plain dict of tensors",
-                             where="formats.pizza")
+        raise GrokscopeError(f"a {type(state).__name__}", expected="a plain dict of tensors",
+                             where=model_path)
     return state
 
 
@@ -170,7 +167,7 @@ def expected_shapes(cfg: HookedTransformerConfig, d_vocab_release: int) -> dict[
 
 
 def convert_state(state: dict[str, Tensor], cfg: HookedTransformerConfig, p: int,
-                  where: str = "formats.pizza") -> dict[str, Tensor]:
+                  where: str = "state dict") -> dict[str, Tensor]:
     """Map a release state dict to HookedTransformer names and layouts, checking every key and shape.
 
     W_E -> transpose; W_Q/K/V (h, e, d) -> (h, d, e); W_O (d, h*e) head-major -> (h, e, d);
@@ -209,7 +206,7 @@ def convert_state(state: dict[str, Tensor], cfg: HookedTransformerConfig, p: int
     return {k: v.detach().float().contiguous() for k, v in out.items()}
 
 
-def read_model(model_path: str) -> Run:
+def read_model(model_path: str | os.PathLike) -> Run:
     """One released model as a Run with a single checkpoint (step = the config's ``epoch``).
 
     Reads the config and the weights once to check every key and shape; the Run itself holds no
@@ -220,7 +217,7 @@ def read_model(model_path: str) -> Run:
         model_path = os.path.join(os.path.dirname(model_path),
                                   "model_" + os.path.basename(model_path)[len("config_"):-len(".json")] + ".pt")
     if not os.path.isfile(model_path):
-        raise GrokscopeError(f"{model_path}: missing", expected="a model_<id>.pt file", where="formats.pizza")
+        raise GrokscopeError("no such file", expected="a model_<id>.pt file", where=model_path)
     config_path = config_path_for(model_path)
     config = read_config(config_path)
     try:
@@ -228,14 +225,14 @@ def read_model(model_path: str) -> Run:
         cfg = hooked_config(config, task)
         alpha = float(config["attn_coeff"])
     except GrokscopeError as error:
-        raise GrokscopeError(f"{config_path}: {error.found}", expected=error.expected,
-                             where="formats.pizza") from None
+        raise GrokscopeError(error.found, expected=error.expected,
+                             where=config_path) from None
     except (TypeError, ValueError) as error:
-        raise GrokscopeError(f"{config_path}: {error}", expected="a release config (C a prime, sizes integers, "
-                             "attn_coeff a number)", where="formats.pizza") from None
+        raise GrokscopeError(str(error), expected="a release config (C a prime, sizes integers, "
+                             "attn_coeff a number)", where=config_path) from None
     if not 0.0 <= alpha <= 1.0:
-        raise GrokscopeError(f"{config_path}: attn_coeff = {alpha}", expected="a number in [0, 1]",
-                             where="formats.pizza")
+        raise GrokscopeError(f"attn_coeff = {alpha}", expected="a number in [0, 1]",
+                             where=config_path)
     state = load_release_state(model_path)
     convert_state(state, cfg, task.p, where=model_path)  # validate now, fail with the file's name
 

@@ -69,10 +69,11 @@ def from_object(obj: Any, path: str) -> Run:
         found = infer.describe_keys(obj) if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise GrokscopeError(f"keys {found}", expected=f"a TransformerLens grokking-demo bundle {{{', '.join(KEYS)}}}",
                              where=path)
-    sources = [s for s in (obj.get("checkpoints") or [])]
+    sources = list(obj.get("checkpoints") or [])
     steps = _epochs(obj.get("checkpoint_epochs")) if sources else []
     if sources and (steps is None or len(steps) != len(sources)):
-        raise GrokscopeError(f"{len(sources)} checkpoints with checkpoint_epochs {str(obj.get('checkpoint_epochs'))[:60]}",
+        epochs = str(obj.get("checkpoint_epochs"))[:60]
+        raise GrokscopeError(f"{len(sources)} checkpoints with checkpoint_epochs {epochs}",
                              expected="one whole-number epoch per checkpoint", where=path)
     steps = list(steps or [])
     final = obj.get("model")
@@ -81,7 +82,8 @@ def from_object(obj: Any, path: str) -> Run:
         sources.append(final)
         steps.append(max(n_epochs - 1, steps[-1] + 1 if steps else 0))
     if not sources:
-        raise GrokscopeError("no checkpoints and no model", expected="a bundle with at least one state dict", where=path)
+        raise GrokscopeError("no checkpoints and no model", expected="a bundle with at least one state dict",
+                             where=path)
     for i, source in enumerate(sources):
         if not infer.is_state_dict(source):
             raise GrokscopeError(f"checkpoint {i} of type {type(source).__name__}", expected="a state dict", where=path)
@@ -101,8 +103,8 @@ def from_object(obj: Any, path: str) -> Run:
     if split is not None:
         split = (split if isinstance(split, Tensor) else torch.tensor(list(split))).long().sort().values
         if split.numel() and (int(split.max()) >= task.n_inputs or int(split.min()) < 0):
-            raise GrokscopeError(f"train_indices up to {int(split.max())}", expected=f"rows of the {task.n_inputs}-row grid",
-                                 where=path)
+            raise GrokscopeError(f"train_indices up to {int(split.max())}",
+                                 expected=f"rows of the {task.n_inputs}-row grid", where=path)
     run_config = infer.json_safe(fields)
     run_config.update(inferred=inferred)
     alpha = infer.alpha_from(fields, path)

@@ -38,7 +38,7 @@ STEP_NAME = re.compile(r"(?i)^(?:(?:step|steps|ckpt|checkpoint|epoch|iter|iterat
 """A checkpoint file stem that carries its step."""
 
 TL_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "act_fn", "d_vocab", "d_vocab_out", "n_ctx",
-             "normalization_type", "attention_dir", "positional_embedding_type", "attn_only", "seed")
+             "normalization_type", "attention_dir", "positional_embedding_type", "attn_only")
 
 
 # ----- configs ---------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def read_folder(path: str, *, trust_pickle: bool = False) -> Run:
         if reference is None:
             reference, layout = (file, task, cfg, inferred), file_layout
             continue
-        _check_same_run(file, task, cfg, reference)
+        _check_same_run(file, task, cfg, inferred, reference)
     if reference is None:
         error = None
         try:
@@ -306,11 +306,11 @@ def read_folder(path: str, *, trust_pickle: bool = False) -> Run:
                log=read_log_csv(os.path.join(path, "log.csv")), checkpoint_paths=paths)
 
 
-def _check_same_run(file: str, task: Any, cfg: Any, reference: tuple) -> None:
+def _check_same_run(file: str, task: Any, cfg: Any, inferred: dict, reference: tuple) -> None:
     first_file, first_task, first_cfg, _ = reference
     if task.p != first_task.p:
-        raise GrokscopeError(f"p = {task.p}", expected=f"p = {first_task.p} as in {first_file} (one run, one task)",
-                             where=file)
+        raise GrokscopeError(f"p = {inferred.get('p', task.p)}",
+                             expected=f"p = {first_task.p} as in {first_file} (one run, one task)", where=file)
     for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
         if getattr(cfg, name) != getattr(first_cfg, name):
             raise GrokscopeError(f"{name} = {getattr(cfg, name)}",

@@ -1,0 +1,145 @@
+"""Clock and pizza logit templates [Z23]: how much of a circle's logits each algorithm explains.
+
+A circle of the embedding (two principal components, frequency k, w = 2 pi k / p) is isolated the
+way [Z23] does it: every operand row of W_E is replaced by the mean row plus its projection on the
+circle, and the model is run over the whole grid. Its logits L[a, b, c] are compared with
+
+- clock:        cos(w(a + b - c));
+- pizza:        |<s, u>| - |<s, u_perp>| with s = E_a + E_b on the unit circle and u the read-out
+                direction at the half angle w c / 2, i.e. 2 |cos(w(a-b)/2)| (|cos(w x/2)| - |sin(w x/2)|),
+                x = a + b - c (the released code's form; close to |cos(w(a-b)/2)| cos(w x));
+- accompanying: -(cos(2w'a - w'c) + cos(2w'b - w'c)) for a circle at 2k' that patches the pizza of
+                frequency k' (the antipodal case).
+
+The fraction of variance explained follows the paper's convention: z-score both over all p^3 entries,
+FVE = 1 - Var(z_L - z_T) = 2 rho - 1 (not R^2). A pure pizza scores ~75% on the clock template and a
+pure clock ~79% on the pizza one, so the two are compared, never thresholded alone.
+
+Every template factors as T = f(d) g(x) with d = a - b and x = a + b - c (mod p), so the FVE needs
+no p^3 template: sum_c L g(x) per input, then a sum over each d.
+
+>>> import torch
+>>> p, k = 7, 2
+>>> a, b, c = torch.meshgrid(*[torch.arange(p, dtype=torch.float64)] * 3, indexing="ij")
+>>> clock = torch.cos(2 * torch.pi * k * (a + b - c) / p)
+>>> round(template_fve(clock, "clock", k)[0], 6)
+1.0
+"""
+
+import math
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from grokscope.errors import GrokscopeError
+from grokscope.models import HookedTransformer, final_logits
+from grokscope.tasks import Task
+
+TEMPLATES = ("clock", "pizza", "accompanying")
+N_PHASES = 360
+"""Candidate relative phases of the b circle (a 1-degree grid) when the phase is fitted."""
+
+
+def _factors(kind: str, p: int, freq: int, phases: Tensor) -> tuple[Tensor, Tensor]:
+    """(f, g) with T(a, b, c) = f(d) g(x); f has one row per candidate phase of the b circle."""
+    w = 2 * math.pi * freq / p
+    x = torch.arange(p, dtype=torch.float64)
+    if kind == "clock":
+        return torch.ones(len(phases), p, dtype=torch.float64), torch.cos(w * x)
+    if kind == "pizza":
+        f = 2 * torch.cos((w * x[None] + phases[:, None]) / 2).abs()
+        return f, torch.cos(w * x / 2).abs() - torch.sin(w * x / 2).abs()
+    if kind == "accompanying":  # -(cos(2wa - wc) + cos(2wb - wc)) = -2 cos(w d) cos(w x)
+        return -2 * torch.cos(w * x[None] + phases[:, None]), torch.cos(w * x)
+    raise GrokscopeError(f"template {kind!r}", expected=f"one of {TEMPLATES}", where="template_fve")
+
+
+def template_fve(logits: Float[Tensor, "p p p"], kind: str, freq: int, *,
+                 fit_phase: bool = False) -> tuple[float, float, float]:
+    """(fve, fve_centred, phase) of ``logits[a, b, c]`` under the ``kind`` template at ``freq`` [Z23].
+
+    ``fve`` is the paper's 2 rho - 1 over all p^3 entries. ``fve_centred`` removes first what no template
+    can explain: each class's mean logit and each input's mean logit (a model whose isolated circle
+    leaves large class offsets scores low on every template in the paper's convention). With
+    ``fit_phase`` (separate a and b embeddings, diff_vocab) the b circle's relative phase in f(d)
+    is chosen on a 1-degree grid to maximise the centred FVE; otherwise it is 0.
+    """
+    p = logits.shape[0]
+    L = logits.double()
+    a = torch.arange(p)
+    d = (a[:, None] - a[None]) % p
+    x = ((a[:, None] + a[None])[:, :, None] - a[None, None]) % p
+    phases = torch.arange(N_PHASES, dtype=torch.float64) * (2 * math.pi / N_PHASES) if fit_phase \
+        else torch.zeros(1, dtype=torch.float64)
+    f, g = _factors(kind, p, freq, phases)
+    per_input = (L * g[x]).sum(-1)                                   # sum_c L g(a+b-c)
+    per_input_c = per_input - g.mean() * L.sum(-1)                   # the same with g centred
+    by_d = torch.zeros(p, dtype=torch.float64).index_add_(0, d.flatten(), per_input.flatten())
+    by_d_c = torch.zeros(p, dtype=torch.float64).index_add_(0, d.flatten(), per_input_c.flatten())
+    n = p**3
+    L_c = L - L.mean(dim=(0, 1), keepdim=True) - L.mean(dim=2, keepdim=True) + L.mean()
+    std_c = L_c.pow(2).mean().sqrt() * (f.pow(2).mean(1) * (g - g.mean()).pow(2).mean()).sqrt()
+    rho_c = (f @ by_d_c / n) / std_c.clamp_min(1e-300)
+    best = int(rho_c.argmax())
+    f_best = f[best]
+    mean_t = f_best.mean() * g.mean()
+    std_t = (f_best.pow(2).mean() * g.pow(2).mean() - mean_t**2).clamp_min(0).sqrt()
+    rho = (f_best @ by_d / n - L.mean() * mean_t) / (L.std(unbiased=False) * std_t).clamp_min(1e-300)
+    return float(2 * rho - 1), float(2 * rho_c[best] - 1), float(phases[best])
+
+
+def circle_fve(logits: Float[Tensor, "p p p"], freq: int, base_freq: int | None = None, *,
+               fit_phase: bool = False) -> tuple[dict, dict, float]:
+    """Clock and pizza FVE of one isolated circle (and accompanying FVE at ``base_freq`` if given).
+
+    Returns (paper convention, centred, the pizza template's b phase)."""
+    paper, centred = {}, {}
+    paper["clock"], centred["clock"], _ = template_fve(logits, "clock", freq)
+    paper["pizza"], centred["pizza"], phase = template_fve(logits, "pizza", freq, fit_phase=fit_phase)
+    if base_freq is not None:
+        paper["accompanying"], centred["accompanying"], _ = template_fve(logits, "accompanying", base_freq,
+                                                                        fit_phase=fit_phase)
+    return paper, centred, phase
+
+
+class _ReadOut(torch.nn.Module):
+    """Wraps a model so ``torch.func.functional_call`` can swap its W_E under ``final_logits``."""
+
+    def __init__(self, model: HookedTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return final_logits(self.model, tokens)
+
+
+def _fourier_projection(rows: Tensor, freq: int) -> Tensor:
+    p = rows.shape[0]
+    angle = 2 * math.pi * freq * torch.arange(p, dtype=torch.float64) / p
+    basis = torch.stack([torch.cos(angle), torch.sin(angle)]) * math.sqrt(2 / p)
+    return basis.T @ (basis @ rows)
+
+
+def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Tensor], freqs: list[int],
+                           mean: Float[Tensor, "d_model"]) -> Float[Tensor, "n_circles p p p"]:
+    """Grid logits with each circle isolated in the embedding, all circles in one batched forward pass.
+
+    ``planes[i]`` (p, d_model) is the operand-a rows' projection on circle i (scores @ components),
+    ``mean`` the mean a row. With diff_vocab the b rows become their mean plus their own Fourier
+    component at ``freqs[i]``; other rows (``=``) are kept. The model is not modified: the stacked
+    embedding tables are passed through ``torch.func.functional_call``.
+    """
+    p, W_E = task.p, model.W_E.detach()
+    tables = []
+    for plane, freq in zip(planes, freqs):
+        table = W_E.double().clone()
+        table[:p] = mean + plane
+        if task.diff_vocab:
+            rows_b = table[p : 2 * p]
+            table[p : 2 * p] = rows_b.mean(0) + _fourier_projection(rows_b - rows_b.mean(0), freq)
+        tables.append(table.to(W_E.dtype))
+    tokens = torch.cat([task.tokens() + i * W_E.shape[0] for i in range(len(tables))])
+    with torch.no_grad():
+        logits = torch.func.functional_call(_ReadOut(model), {"model.embed.W_E": torch.cat(tables)}, (tokens,))
+    return logits[:, :p].reshape(len(tables), p, p, p)
