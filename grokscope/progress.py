@@ -12,6 +12,7 @@ False
 'epoch 12  test_acc 0.988  train_loss 1.5e-06'
 """
 
+import io
 import sys
 import time
 from typing import TextIO
@@ -47,7 +48,7 @@ class Progress:
     """
 
     def __init__(self, total: int, *, desc: str = "", initial: int = 0, enabled: bool | None = True,
-                 stream: TextIO | None = None, min_interval: float = 0.2, width: int = 24):
+                 stream: TextIO | io.TextIOBase | None = None, min_interval: float = 0.2, width: int = 24):
         self.total, self.desc, self.n, self.width = max(int(total), 0), desc, int(initial), width
         self.stream = sys.stderr if stream is None else stream
         isatty = getattr(self.stream, "isatty", None)

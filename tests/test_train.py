@@ -1,7 +1,9 @@
 """The trainer: configs and presets, determinism, resume after a kill, refusal of foreign folders, grokking."""
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,13 +80,26 @@ def test_preset_and_replace_name_bad_settings():
 
 @pytest.mark.parametrize("overrides, pattern", [
     ({"p": 12}, "p = 12"), ({"op": "pow"}, "operation 'pow'"), ({"frac": 1.0}, r"frac = 1.0; expected a number in \(0, 1\)"),
-    ({"alpha": 2.0}, "alpha = 2.0"), ({"lr": 0}, "lr = 0"), ({"epochs": 0}, "epochs = 0"),
-    ({"betas": (0.9,)}, "betas"), ({"d_model": 30}, "d_model = 30; expected a multiple of n_heads = 4"),
-    ({"seed": -1}, "seed = -1"), ({"grokfast": "yes"}, "grokfast = 'yes'"), ({"weight_decay": -1.0}, "weight_decay"),
+    ({"alpha": 2.0}, "alpha = 2.0"), ({"lr": 0.0}, "lr = 0.0"), ({"epochs": 0}, "epochs = 0"),
+    ({"betas": (0.9, 1.0)}, "betas"), ({"d_model": 30}, "d_model = 30; expected a multiple of n_heads = 4"),
+    ({"seed": -1}, "seed = -1"), ({"weight_decay": -1.0}, "weight_decay"), ({"frac": float("nan")}, "frac = nan"),
 ])
 def test_invalid_settings_are_refused_by_name(overrides, pattern):
     with pytest.raises(GrokscopeError, match=pattern):
         TrainConfig(**overrides)
+
+
+@pytest.mark.parametrize("overrides", [{"grokfast": "yes"}, {"betas": (0.9,)}, {"epochs": 10.5}])
+def test_settings_of_the_wrong_type_are_refused(overrides):
+    # GrokscopeError from the config, or a TypeError first where annotations are checked at run time
+    with pytest.raises((GrokscopeError, TypeError)):
+        TrainConfig(**overrides)
+
+
+def test_integers_given_for_real_settings_are_stored_as_floats():
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), "alpha": 0, "weight_decay": 2})
+    assert (config.alpha, config.weight_decay) == (0.0, 2.0)
+    assert isinstance(config.alpha, float) and isinstance(config.to_dict()["weight_decay"], float)
 
 
 def test_checkpoint_schedule_is_dense_early_and_complete():
@@ -209,8 +224,9 @@ def test_resume_after_an_interruption_is_bitwise_identical(tmp_path, monkeypatch
 
 def test_a_different_config_is_refused_naming_the_settings(tmp_path, tiny_config):
     train(tiny_config.replace(epochs=3), tmp_path / "run", progress=False)
-    with pytest.raises(GrokscopeError, match=r"lr = 0.001 there but 0.002 here; seed = 0 there but 5 here") as info:
-        train(tiny_config.replace(epochs=3, lr=2e-3, seed=5), tmp_path / "run", progress=False)
+    expected = f"lr = {tiny_config.lr!r} there but 0.0123 here; seed = 0 there but 5 here"
+    with pytest.raises(GrokscopeError, match=re.escape(expected)) as info:
+        train(tiny_config.replace(epochs=3, lr=0.0123, seed=5), tmp_path / "run", progress=False)
     assert str(tmp_path / "run") in str(info.value)
 
 
@@ -298,18 +314,13 @@ def test_fast_preset_groks_with_delayed_generalisation(fast_run_dir):
 
 # ----- the progress bar ---------------------------------------------------------------------------
 
-class _FakeTerminal:
-    def __init__(self):
-        self.text = ""
-
-    def write(self, text):
-        self.text += text
-
-    def flush(self):
-        pass
-
+class _FakeTerminal(io.StringIO):
     def isatty(self):
         return True
+
+    @property
+    def text(self):
+        return self.getvalue()
 
 
 def test_progress_bar_draws_on_a_terminal_only():
