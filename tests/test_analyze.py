@@ -4,7 +4,6 @@ import math
 import weakref
 
 import pytest
-import torch
 
 from grokscope.analyze import AnalysisResult, analyze, assemble_table, measure_checkpoint
 from grokscope.constructions import exact_clock_model, random_model
@@ -162,34 +161,11 @@ def test_memory_does_not_grow_with_checkpoints():
 
 
 # ----- a trained run ----------------------------------------------------------------------------------
-# Measured: train accuracy 99% at step 100, test accuracy at 1100, test loss 8e-7 at 2000 (~40 s on 2 cores).
-GROKKING_CONFIG = dict(p=43, frac=0.5, d_model=64, lr=3e-3, weight_decay=2.0, epochs=2000, checkpoint_every=50,
-                       checkpoint_per_decade=5, log_every=10)
-
-
 @pytest.fixture(scope="module")
-def own_run_dir(tmp_path_factory):
-    """A small run trained with grokscope.train that groks within a few thousand full-batch steps."""
-    from grokscope.train import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("grokking_run")
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    train(TrainConfig(**GROKKING_CONFIG), out, progress=False)
-    return out
-
-
-@pytest.fixture(params=["own", "fast"])
-def trained_result(request):
+def trained_result(fast_run_dir):
     from grokscope.formats import native
 
-    if request.param == "fast":
-        try:
-            path = request.getfixturevalue("fast_run_dir")
-        except pytest.FixtureLookupError:
-            pytest.skip("the fast_run_dir fixture is not defined in this checkout")
-    else:
-        path = request.getfixturevalue("own_run_dir")
-    return analyze(native.read(path), classify=None)
+    return analyze(native.read(fast_run_dir), classify=None)
 
 
 @pytest.mark.slow
