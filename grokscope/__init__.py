@@ -8,6 +8,8 @@ Heavy modules (torch, TransformerLens) load on first use of the names that need 
 """
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -49,3 +51,19 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """The grokscope package object. Four public functions share their module's name (train, analyze,
+    classify, signatures); importing such a submodule binds it on the package, which would hide the
+    function: ``gs.TrainConfig`` imports grokscope.train, and ``gs.train`` would then be the module.
+    Here the function is bound instead (``from grokscope.train import ...`` still reaches the module).
+    """
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__ == f"grokscope.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -80,7 +80,7 @@ class AnalysisResult:
         return list(self.table.get("step", []))
 
     @property
-    def final_row(self) -> dict[str, float]:
+    def final_row(self) -> dict[str, Any]:
         """The last checkpoint's row (empty when nothing was analysed)."""
         if not self.steps:
             return {}

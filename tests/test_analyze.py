@@ -1,9 +1,11 @@
 """gs.analyze over in-memory runs, analytic networks and a trained run."""
 
+import gc
 import math
 import weakref
 
 import pytest
+import torch
 
 from grokscope.analyze import AnalysisResult, analyze, assemble_table, measure_checkpoint
 from grokscope.constructions import exact_clock_model, random_model
@@ -124,40 +126,59 @@ def test_measure_checkpoint_and_assemble_table_are_the_worker_seam():
 
 
 class CountingRun(Run):
-    """A Run that records, at every load, how many models it built are still alive."""
+    """A Run that records, at every load, how many of its models are alive and how many tensor bytes."""
 
     def model(self, i: int = -1):
         model = super().model(i)
         self.live = [ref for ref in getattr(self, "live", []) if ref() is not None] + [weakref.ref(model)]
         self.max_live = max(getattr(self, "max_live", 0), len(self.live))
-        self.rss.append(_rss_bytes())
+        self.tensor_bytes = getattr(self, "tensor_bytes", []) + [_live_tensor_bytes()]
         return model
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+def _live_tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage the garbage collector can see."""
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu" and obj.layout == torch.strided:
+            storage = obj.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
+
+
+def memory_probe_run(n: int, keep: bool = False) -> CountingRun:
+    task = Task(p=23)
+    base = random_model(task, 0, d_model=64, d_mlp=256)                 # 0.22 MB of float32 weights
+    weights = parameter_state_dict(base)
+
+    def states(i):
+        return {name: value + 1e-3 * i for name, value in weights.items()}
+
+    return CountingRun(task=task, cfg=base.cfg, steps=list(range(n)), load_state=states, source="mem",
+                       format="memory", train_indices=task.split(0.3, 0))
 
 
 def test_memory_does_not_grow_with_checkpoints():
-    task = Task(p=23)
-    cfg = random_model(task, 0, d_model=256, d_mlp=1024).cfg            # ~2.5 MB of float32 weights
-    n = 60
-
-    def states(i):
-        return parameter_state_dict(random_model(task, i, d_model=256, d_mlp=1024))
-
-    run = CountingRun(task=task, cfg=cfg, steps=list(range(n)), load_state=states, source="mem",
-                      format="memory", train_indices=task.split(0.3, 0))
-    run.rss = []
+    n = 16
+    run = memory_probe_run(n)
     result = analyze(run, classify=None)
     assert len(result.steps) == n
     assert run.max_live <= 2                 # the one being measured, and the final one while it is read
-    # Were models kept, RSS would grow by ~2.5 MB per checkpoint (150 MB); allow noise of 40 MB.
-    growth = max(run.rss[n // 4:]) - run.rss[n // 4]
-    assert growth < 40e6, f"RSS grew {growth / 1e6:.1f} MB over {n - n // 4} checkpoints"
+    # Kept models would add 0.22 MB each (2.6 MB across the last 12 loads); allow 0.1 MB of drift.
+    growth = max(run.tensor_bytes[n // 4:]) - run.tensor_bytes[n // 4]
+    assert growth < 1e5, f"live tensors grew {growth / 1e6:.2f} MB over {n - n // 4} checkpoints"
     for values in result.table.values():
         assert all(type(v) in (int, float) for v in values)
+
+
+def test_the_memory_probe_sees_kept_models():
+    run = memory_probe_run(8)
+    kept = [run.model(i) for i in range(8)]
+    assert run.max_live == 8
+    assert run.tensor_bytes[-1] - run.tensor_bytes[0] > 7 * 0.2e6
+    del kept
 
 
 # ----- a trained run ----------------------------------------------------------------------------------
