@@ -4,6 +4,7 @@ On the released p = 59 models in tests/fixtures/pizza (or any release folder), i
   (a) ``grokscope.classify.classify``: every signature and the label. Its work is one forward pass over
       the grid (accuracy, DI), one batched forward / backward over the 100 GS samples, one batched
       forward over the grid for all embedding circles (templates);
+  (a') ``classify(..., templates=False)``: the same label without the template vote (two passes);
   (b) ``signatures.gradient_symmetricity`` alone (the batched GS);
   (c) the baseline: GS the way the released notebook computes it, one forward and one backward pass
       per sample in a Python loop (``run_with_hooks`` per triple).
@@ -64,28 +65,34 @@ def main(argv=None) -> int:
     models = [(os.path.basename(run.source), run.model(), run.task) for run in runs]
     gs_triples(59, 100)  # the seed-42 shuffle of all p^3 triples is cached after its first use
     print(f"{len(models)} models from {args.folder}; torch threads {torch.get_num_threads()}")
-    header = f"{'model':<22}{'classify s':>12}{'GS batched s':>14}{'GS loop s':>12}{'loop/classify':>15}" \
-             f"{'loop/batched':>14}  label"
+    header = f"{'model':<22}{'classify s':>12}{'no templates s':>16}{'GS batched s':>14}{'GS loop s':>11}" \
+             f"{'loop/classify':>15}{'loop/batched':>14}  label"
     print(header)
-    ratios, ratios_gs, totals = [], [], []
+    ratios, ratios_gs, totals, plains = [], [], [], []
     for name, model, task in models:
-        times = {"classify": [], "batched": [], "loop": []}
+        times = {"classify": [], "plain": [], "batched": [], "loop": []}
         for _ in range(args.repeats):
             dt, result = timed(lambda: classify(model, task))
             times["classify"].append(dt)
+            dt, plain = timed(lambda: classify(model, task, templates=False))
+            times["plain"].append(dt)
             dt, batched = timed(lambda: gradient_symmetricity(model, task))
             times["batched"].append(dt)
             dt, looped = timed(lambda: loop_gradient_symmetricity(model, task))
             times["loop"].append(dt)
         if abs(batched - looped) > 1e-5 or abs(batched - result.signatures.gradient_symmetricity) > 1e-9:
             raise SystemExit(f"{name}: batched GS {batched} != loop GS {looped}")
+        if plain.label != result.label:
+            raise SystemExit(f"{name}: templates=False changed the label")
         med = {k: statistics.median(v) for k, v in times.items()}
         ratios.append(med["loop"] / med["classify"])
         ratios_gs.append(med["loop"] / med["batched"])
         totals.append(med["classify"])
-        print(f"{name:<22}{med['classify']:>12.3f}{med['batched']:>14.4f}{med['loop']:>12.3f}"
+        plains.append(med["plain"])
+        print(f"{name:<22}{med['classify']:>12.3f}{med['plain']:>16.3f}{med['batched']:>14.4f}{med['loop']:>11.3f}"
               f"{ratios[-1]:>15.1f}{ratios_gs[-1]:>14.1f}  {result.label}")
-    print(f"median seconds per model: classify {statistics.median(totals):.3f}; median ratios: GS loop / "
+    print(f"median seconds per model: classify {statistics.median(totals):.3f}, without templates "
+          f"{statistics.median(plains):.3f}; median ratios: GS loop / "
           f"classify {statistics.median(ratios):.1f}, GS loop / batched GS {statistics.median(ratios_gs):.1f}")
     return 0
 

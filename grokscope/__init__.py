@@ -26,13 +26,16 @@ _LAZY = {
     "train": "grokscope.train",
     "PRESETS": "grokscope.train",
     "load_run": "grokscope.formats",
+    "load_runs": "grokscope.formats",
+    "detect": "grokscope.formats",
     "Run": "grokscope.formats",
     "fourier_basis": "grokscope.fourier",
     "key_frequencies": "grokscope.fourier",
     "progress_measures": "grokscope.measures",
-    "signatures": "grokscope.signatures",
     "classify": "grokscope.classify",
     "Classification": "grokscope.classify",
+    "Thresholds": "grokscope.classify",
+    "signatures": "grokscope.signatures",
     "find_phases": "grokscope.phases",
     "analyze": "grokscope.analyze",
     "AnalysisResult": "grokscope.analyze",
@@ -62,6 +65,23 @@ class _Package(types.ModuleType):
 
     def __setattr__(self, name, value):
         if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__ == f"grokscope.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+# Three public functions share their module's name (gs.train, gs.analyze, gs.classify, and
+# gs.signatures). Importing a submodule normally rebinds the package attribute to the module, which
+# would hide the function; this keeps the function bound instead. The modules stay importable with
+# `from grokscope.classify import ...` and `importlib.import_module("grokscope.classify")`.
+_FUNCTIONS_NAMED_LIKE_MODULES = {"train", "analyze", "classify", "signatures"}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
             value = getattr(value, name)
         super().__setattr__(name, value)
 

@@ -9,7 +9,8 @@ Seams for tools built on top:
   work (one forward pass); parallel workers can map it over checkpoint indices and hand their rows
   to ``assemble_table`` and ``find_phases``.
 - the final checkpoint is loaded once, before streaming; ``classify`` (a callable of (model, task))
-  runs on it there, and its result is stored in ``AnalysisResult.classification``.
+  runs on it there, and its result is stored in ``AnalysisResult.classification``; ``inspect_final``
+  (name -> callable of (model, task)) does the same for anything else, into ``final_extras``.
 
 >>> from grokscope.tasks import Task
 >>> from grokscope.constructions import exact_clock_model
@@ -62,6 +63,7 @@ class AnalysisResult:
         notes: what could not be computed, and why.
         classification: what ``classify`` returned for the final checkpoint (None without it).
         key_freqs_by_step: with ``recompute_key_freqs``, step -> that checkpoint's frequencies.
+        final_extras: what each ``inspect_final`` callable returned for the final checkpoint.
     """
 
     run_info: dict[str, Any]
@@ -73,6 +75,7 @@ class AnalysisResult:
     notes: list[str] = field(default_factory=list)
     classification: Any = None
     key_freqs_by_step: dict[int, list[int]] | None = None
+    final_extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steps(self) -> list[int]:
@@ -85,6 +88,12 @@ class AnalysisResult:
         if not self.steps:
             return {}
         return {name: values[-1] for name, values in self.table.items()}
+
+    def figures(self) -> list:
+        """The standard (title, plotly figure) pairs of the table and phases (``plots.standard_figures``)."""
+        from grokscope.plots import standard_figures
+
+        return standard_figures(self.table, self.phases)
 
     def to_pandas(self):
         """The table as a pandas DataFrame (pandas is optional: ImportError names it)."""
@@ -189,7 +198,8 @@ def _auto_classifier() -> Callable | None:
 
 
 def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompute_key_freqs: bool = False,
-            rule: str = "A", progress: bool = False, classify: Callable | str | None = "auto") -> AnalysisResult:
+            rule: str = "A", progress: bool = False, classify: Callable | str | None = "auto",
+            inspect_final: dict[str, Callable] | None = None) -> AnalysisResult:
     """Progress measures at every checkpoint of ``run``, key frequencies, phases and notes.
 
     Args:
@@ -201,8 +211,13 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
         progress: draw a progress bar on stderr (only on a terminal).
         classify: a callable (model, task) -> anything, run on the final checkpoint; "auto" uses
             ``grokscope.classify.classify`` when that module is present; None skips it.
+        inspect_final: name -> callable (model, task) run on the final checkpoint while it is loaded;
+            results in ``AnalysisResult.final_extras`` (GrokscopeError becomes a note).
     """
-    task, notes = run.task, []
+    if key_freqs is not None and recompute_key_freqs:
+        raise GrokscopeError("both key_freqs and recompute_key_freqs=True", where="analyze",
+                             expected="fixed key frequencies or per-checkpoint ones, not both")
+    task, notes, extras = run.task, [], {}
     basis = fourier_basis(task.p)
     final_model, final_index = _final_model(run)
     classification = None
@@ -210,9 +225,11 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
         notes.append("no readable checkpoint")
         chosen = KeyFrequencies(freqs=[], rule=rule, threshold=math.nan)
     else:
-        if key_freqs is not None:
-            chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, task.p), rule="given", threshold=math.nan) \
-                if not isinstance(key_freqs, KeyFrequencies) else key_freqs
+        if isinstance(key_freqs, KeyFrequencies):
+            as_freq_list(key_freqs, task.p)
+            chosen = key_freqs
+        elif key_freqs is not None:
+            chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, task.p), rule="given", threshold=math.nan)
         else:
             chosen = _key_frequencies_or_none(final_model, task, rule, None, basis)
             if "error" in chosen.detail:
@@ -226,6 +243,11 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
                 classification = classifier(final_model, task)
             except GrokscopeError as error:
                 notes.append(f"classification: {error}")
+        for name, inspect in (inspect_final or {}).items():
+            try:
+                extras[name] = inspect(final_model, task)
+            except GrokscopeError as error:
+                notes.append(f"{name}: {error}")
     del final_model
 
     rows, by_step, seen_notes = [], {} if recompute_key_freqs else None, set()
@@ -255,7 +277,7 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
             "n_checkpoints_listed": len(run.steps)}
     return AnalysisResult(run_info=info, task=task, key_freqs=chosen, table=table, phases=phases,
                           skipped=skipped, notes=notes, classification=classification,
-                          key_freqs_by_step=by_step)
+                          key_freqs_by_step=by_step, final_extras=extras)
 
 
 def _unique(entries: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -30,18 +30,21 @@ def _add_train(subparsers) -> None:
                         help=f"recipe to start from: {', '.join(PRESET_NAMES)} (default: nanda; "
                              "see docs/presets.md)")
     settings = parser.add_argument_group("overrides of the preset")
-    settings.add_argument("--seed", type=int, help="initialisation seed")
-    settings.add_argument("--split-seed", type=int, help="seed of the train/test split")
+    settings.add_argument("--seed", type=int, metavar="N", help="initialisation seed")
+    settings.add_argument("--split-seed", type=int, metavar="N", help="seed of the train/test split")
     settings.add_argument("--p", type=int, help="prime modulus")
     settings.add_argument("--op", help="operation: add, sub, mul, div, a^2+b^2, a^2+ab+b^2, a^3+ab")
-    settings.add_argument("--frac", type=float, help="train fraction of the p^2 grid")
-    settings.add_argument("--epochs", type=int, help="full-batch steps")
-    settings.add_argument("--d-model", type=int, help="residual width (d_mlp follows as 4 x d_model)")
-    settings.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    settings.add_argument("--frac", type=float, metavar="F", help="train fraction of the p^2 grid")
+    settings.add_argument("--epochs", type=int, metavar="N", help="full-batch steps")
+    settings.add_argument("--d-model", type=int, metavar="N", help="residual width (d_mlp follows as 4 x d_model)")
+    settings.add_argument("--weight-decay", type=float, metavar="W", help="AdamW weight decay")
     settings.add_argument("--lr", type=float, help="AdamW learning rate")
-    settings.add_argument("--alpha", type=float, help="attention rate in [0, 1] (1 = standard attention)")
+    settings.add_argument("--alpha", type=float, metavar="A", help="attention rate in [0, 1] (1 = standard attention)")
     settings.add_argument("--grokfast", action="store_true", default=None, help="use Grokfast-EMA")
-    settings.add_argument("--checkpoint-every", type=int, help="steps between regular checkpoints")
+    settings.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between regular checkpoints")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy "
+                             "machine; resume with the same value for bitwise-identical results)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_train)
 
@@ -55,6 +58,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name in _TRAIN_OVERRIDES if getattr(args, name) is not None}
     config = TrainConfig.preset(args.preset, **overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise GrokscopeError(f"--threads {args.threads}", expected="a positive number", where="grokscope train")
+        import torch
+
+        torch.set_num_threads(args.threads)
     run = train(config, args.out, progress=not args.quiet)
     print(format_summary(run.source, config, summarize(run)))
     return 0

@@ -11,6 +11,7 @@ from grokscope.analyze import AnalysisResult, analyze, assemble_table, measure_c
 from grokscope.constructions import exact_clock_model, random_model
 from grokscope.errors import GrokscopeError
 from grokscope.formats.base import Run
+from grokscope.fourier import KeyFrequencies, as_freq_list
 from grokscope.models import parameter_state_dict
 from grokscope.tasks import Task
 
@@ -31,7 +32,8 @@ def test_single_clock_model_without_split(task, freqs):
     model = exact_clock_model(task, freqs)
     state = parameter_state_dict(model)
     run = memory_run(task, lambda i: state, steps=[500], cfg=model.cfg)
-    result = analyze(run, classify=lambda m, t: ("clock", t.p))
+    result = analyze(run, classify=lambda m, t: ("clock", t.p),
+                     inspect_final={"d_mlp": lambda m, t: m.cfg.d_mlp, "bad": lambda m, t: as_freq_list([0], t.p)})
     assert result.key_freqs.freqs == freqs and result.key_freqs.rule == "A"
     row = result.final_row
     assert row["step"] == 500 and row["full_acc"] == 1.0
@@ -40,6 +42,8 @@ def test_single_clock_model_without_split(task, freqs):
     assert all(math.isnan(row[c]) for c in ("train_loss", "test_loss", "train_acc", "test_acc"))
     assert result.phases.grokking_step == 500 and result.phases.memorization_step is None
     assert result.classification == ("clock", task.p)
+    assert result.final_extras == {"d_mlp": len(freqs) * task.p ** 2}
+    assert any(note.startswith("bad: ") for note in result.notes)
     assert any("split unknown" in note for note in result.notes)
     assert set(row) >= {f"excluded_loss_k{k}" for k in freqs}
 
@@ -55,6 +59,10 @@ def test_fixed_and_given_key_frequencies():
     # Removing only k = 3 from an exact two-frequency clock leaves k = 7 to classify: low loss, far above full.
     assert given.final_row["excluded_loss"] > 1e3 * given.final_row["full_loss"]
     assert given.classification is None
+    with pytest.raises(GrokscopeError, match="recompute_key_freqs"):
+        analyze(run, key_freqs=[3], recompute_key_freqs=True)
+    with pytest.raises(GrokscopeError, match="1..11"):
+        analyze(run, key_freqs=KeyFrequencies([3, 40], "A", 0.85))
 
 
 def test_key_frequencies_recomputed_per_checkpoint():
@@ -113,6 +121,8 @@ def test_views_of_a_result():
     frame = result.to_pandas()
     assert isinstance(frame, pandas.DataFrame) and frame.shape[0] == 8 and list(frame.columns)[0] == "step"
     assert result.final_row["step"] == 70
+    titles = [title for title, _ in result.figures()]
+    assert len(titles) == 3 and titles[0] == "Loss and accuracy"
 
 
 def test_measure_checkpoint_and_assemble_table_are_the_worker_seam():

@@ -182,9 +182,22 @@ def test_written_layouts_round_trip(tmp_path, diff_vocab, eqn_sign, act, n_layer
 def test_funcs_text_is_never_evaluated(tmp_path):
     marker = tmp_path / "evaluated"
     path = write_release_model(tmp_path, "evil", funcs=f"__import__('pathlib').Path({str(marker)!r}).touch()")
-    run = pizza.read_model(path)
-    run.model()
+    with pytest.raises(GrokscopeError, match="funcs"):
+        pizza.read_model(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("funcs,op", [("lambda x: (x[0]+x[1])%7", "add"), ("lambda x:(x[0] - x[1]) % 7", "sub"),
+                                      ("lambda x: (x[0]*x[1])%7", "mul"), (None, "add")])
+def test_funcs_text_is_matched_not_run(tmp_path, funcs, op):
+    path = write_release_model(tmp_path, "op", funcs=funcs)
+    assert pizza.read_model(path).task.op == op
+
+
+@pytest.mark.parametrize("funcs", ["lambda x: (x[0]+x[1])%11", "lambda x: (x[0]**2+x[1])%7"])
+def test_other_funcs_are_refused(tmp_path, funcs):
+    with pytest.raises(GrokscopeError, match="never evaluated"):
+        pizza.read_model(write_release_model(tmp_path, "op", funcs=funcs))
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -212,7 +225,8 @@ def test_errors_name_the_file_and_the_problem(tmp_path, change, needle):
             handle.write("{not json")
     elif change in ("missing_key", "tanh", "linear", "not_prime", "extra_layer"):
         edits = {"missing_key": {}, "tanh": {"act_fn": "Tanh"}, "linear": {"use_linear": True},
-                 "not_prime": {"C": 8}, "extra_layer": {"n_layers": 2}}[change]
+                 "not_prime": {"C": 8, "funcs": "lambda x: (x[0]+x[1])%8"},
+                 "extra_layer": {"n_layers": 2}}[change]
         config.update(edits)
         if change == "missing_key":
             del config["C"]

@@ -15,7 +15,8 @@ with no attention or unembedding biases and d_mlp = 4 d_model. The config keys u
 ``n_layers``, ``d_model``, ``n_heads`` (``d_head`` = d_model // n_heads unless given), ``act_fn``,
 ``attn_coeff`` (the attention rate alpha), ``diff_vocab``, ``eqn_sign``, ``epoch``; a ``use_linear``
 config is a different architecture and is refused. The ``funcs`` key is a Python lambda stored as
-text: it is never evaluated (the release's models all learn (a + b) mod p).
+text: it is never evaluated, only matched against ``lambda x: (x[0]+x[1])%p`` (every released model;
+``-`` and ``*`` are recognised too).
 
 How the release code runs these weights, and how the reader maps it into a HookedTransformer:
 
@@ -64,6 +65,7 @@ REQUIRED_CONFIG_KEYS = ("C", "d_model", "n_heads", "attn_coeff")
 
 def config_path_for(model_path: str | os.PathLike) -> str:
     """The ``config_<id>.json`` beside ``model_<id>.pt``."""
+    model_path = os.fspath(model_path)
     folder, name = os.path.split(model_path)
     match = MODEL_PATTERN.match(name)
     if match is None:
@@ -125,10 +127,30 @@ def read_config(config_path: str) -> dict:
     return config
 
 
-def task_from_config(config: dict) -> Task:
-    """The Task of a release config: addition mod ``C``, tokens [a, b] (+ ``=`` with eqn_sign)."""
-    return Task(p=int(config["C"]), op="add", eq_token=bool(config.get("eqn_sign", False)),
-                diff_vocab=bool(config.get("diff_vocab", False)))
+_FUNCS = re.compile(r"^lambda\s*x\s*:\s*\(\s*x\[0\]\s*(?P<op>[-+*])\s*x\[1\]\s*\)\s*%\s*(?P<p>\d+)$")
+_OPS = {"+": "add", "-": "sub", "*": "mul"}
+
+
+def operation_from_config(config: dict, where: str = "config") -> str:
+    """The operation named by the config's ``funcs`` text, recognised by pattern and never evaluated.
+
+    ``lambda x: (x[0]+x[1])%59`` is "add" (every released model); "-" and "*" are recognised too; a
+    config without ``funcs`` is taken as addition; any other text is refused.
+    """
+    text = config.get("funcs")
+    if text is None:
+        return "add"
+    match = _FUNCS.match(str(text).strip())
+    if match is None or int(match["p"]) != int(config["C"]):
+        raise GrokscopeError(f"funcs {str(text)[:80]!r}", where=where, expected=f"'lambda x: "
+                             f"(x[0]+x[1])%{config['C']}' (or - or *); it is never evaluated")
+    return _OPS[match["op"]]
+
+
+def task_from_config(config: dict, where: str = "config") -> Task:
+    """The Task of a release config: ``funcs`` mod ``C``, tokens [a, b] (+ ``=`` with eqn_sign)."""
+    return Task(p=int(config["C"]), op=operation_from_config(config, where),
+                eq_token=bool(config.get("eqn_sign", False)), diff_vocab=bool(config.get("diff_vocab", False)))
 
 
 def hooked_config(config: dict, task: Task, where: str = "config") -> HookedTransformerConfig:
@@ -221,7 +243,7 @@ def read_model(model_path: str | os.PathLike) -> Run:
     config_path = config_path_for(model_path)
     config = read_config(config_path)
     try:
-        task = task_from_config(config)
+        task = task_from_config(config, config_path)
         cfg = hooked_config(config, task)
         alpha = float(config["attn_coeff"])
     except GrokscopeError as error:
