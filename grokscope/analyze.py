@@ -27,6 +27,7 @@ Seams for tools built on top:
 import html
 import importlib
 import math
+import multiprocessing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from grokscope.models import HookedTransformer, final_logits
 from grokscope.phases import Phases, find_phases
 from grokscope.progress import Progress
 from grokscope.tasks import Task
+from grokscope.views import model_views
 
 SUMMARY_COLUMNS = ("step", "train_loss", "test_loss", "train_acc", "test_acc", "full_acc", "restricted_loss",
                    "excluded_loss", "sum_sq_weights", "gini_W_E", "gini_W_L")
@@ -90,10 +92,16 @@ class AnalysisResult:
         return {name: values[-1] for name, values in self.table.items()}
 
     def figures(self) -> list:
-        """The standard (title, plotly figure) pairs of the table and phases (``plots.standard_figures``)."""
+        """The standard (title, plotly figure) pairs (``plots.standard_figures``): curves over checkpoints
+        with the phases shaded, and the final checkpoint's Fourier norms, neuron clusters, circles and
+        correct-logit map (where ``analyze`` kept its views)."""
         from grokscope.plots import standard_figures
 
-        return standard_figures(self.table, self.phases)
+        view = self.final_extras.get("views") or {}
+        return standard_figures(self.table if len(self.steps) > 1 else None, self.phases,
+                                embedding_norms=view.get("embedding_norms"), key_freqs=self.key_freqs.freqs,
+                                neuron_freq=view.get("neuron_freq"), frac_explained=view.get("frac_explained"),
+                                circles=view.get("circles"), logit_grid=view.get("logit_grid"))
 
     def to_pandas(self):
         """The table as a pandas DataFrame (pandas is optional: ImportError names it)."""
@@ -199,7 +207,8 @@ def _auto_classifier() -> Callable | None:
 
 def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompute_key_freqs: bool = False,
             rule: str = "A", progress: bool = False, classify: Callable | str | None = "auto",
-            inspect_final: dict[str, Callable] | None = None) -> AnalysisResult:
+            inspect_final: dict[str, Callable] | None = None, views: bool = True,
+            workers: int = 1) -> AnalysisResult:
     """Progress measures at every checkpoint of ``run``, key frequencies, phases and notes.
 
     Args:
@@ -213,7 +222,13 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
             ``grokscope.classify.classify`` when that module is present; None skips it.
         inspect_final: name -> callable (model, task) run on the final checkpoint while it is loaded;
             results in ``AnalysisResult.final_extras`` (GrokscopeError becomes a note).
+        views: also keep the final checkpoint's ``views.model_views`` (Fourier norms, neuron
+            clusters, circles, correct-logit map) in ``final_extras["views"]`` for ``figures()``.
+        workers: processes measuring checkpoints in parallel (each holds one model at a time; rows
+            come back in checkpoint order). 1 measures in this process.
     """
+    if not isinstance(workers, int) or workers < 1:
+        raise GrokscopeError(f"workers = {workers!r}", expected="a whole number >= 1", where="analyze")
     if key_freqs is not None and recompute_key_freqs:
         raise GrokscopeError("both key_freqs and recompute_key_freqs=True", where="analyze",
                              expected="fixed key frequencies or per-checkpoint ones, not both")
@@ -243,7 +258,12 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
                 classification = classifier(final_model, task)
             except GrokscopeError as error:
                 notes.append(f"classification: {error}")
-        for name, inspect in (inspect_final or {}).items():
+        inspectors = dict(inspect_final or {})
+        if views:
+            circle_labels = {index: label for index, _, label in getattr(classification, "circle_labels", ())}
+            inspectors.setdefault("views", lambda model, task: model_views(
+                model, task, key_freqs=chosen.freqs, circle_labels=circle_labels))
+        for name, inspect in inspectors.items():
             try:
                 extras[name] = inspect(final_model, task)
             except GrokscopeError as error:
@@ -253,9 +273,8 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
     rows, by_step, seen_notes = [], {} if recompute_key_freqs else None, set()
     fixed = None if recompute_key_freqs else chosen
     with Progress(len(run.steps), desc=f"analyze p={task.p}", enabled=progress) as bar:
-        for count, (step, model) in enumerate(run.iter_models(), start=1):
-            row, row_notes, own = measure_checkpoint(model, task, fixed, run.train_indices, rule=rule, basis=basis)
-            del model
+        for count, (step, row, row_notes, own) in enumerate(
+                _measured_checkpoints(run, fixed, rule, basis, workers), start=1):
             rows.append((step, row))
             if own is not None:
                 by_step[int(step)] = list(own.freqs)
@@ -278,6 +297,44 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
     return AnalysisResult(run_info=info, task=task, key_freqs=chosen, table=table, phases=phases,
                           skipped=skipped, notes=notes, classification=classification,
                           key_freqs_by_step=by_step, final_extras=extras)
+
+
+def _measured_checkpoints(run, key_freqs, rule, basis, workers):
+    """Yield (step, row, notes, own key frequencies) per readable checkpoint, in order.
+
+    Unreadable checkpoints are recorded in ``run.skipped``. With ``workers > 1`` forked processes
+    each load and measure one checkpoint at a time; only rows travel back.
+    """
+    if workers == 1 or len(run.steps) < 2:
+        for step, model in run.iter_models():
+            yield (step, *measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis))
+        return
+    global _WORKER_JOB
+    _WORKER_JOB = (run, key_freqs, rule, basis)
+    context = multiprocessing.get_context("fork")
+    try:
+        with context.Pool(min(workers, len(run.steps)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for step, measured, skipped in pool.imap(_measure_in_worker, range(len(run.steps))):
+                if skipped is not None:
+                    run.skipped.append(skipped)
+                    continue
+                yield (step, *measured)
+    finally:
+        _WORKER_JOB = None
+
+
+_WORKER_JOB = None
+"""(run, key_freqs, rule, basis) inherited by forked workers."""
+
+
+def _measure_in_worker(index: int):
+    run, key_freqs, rule, basis = _WORKER_JOB
+    try:
+        model = run.model(index)
+    except GrokscopeError as error:
+        return run.steps[index], None, {"path": run.checkpoint_path(index), "error": str(error)}
+    own_row = measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis)
+    return run.steps[index], own_row, None
 
 
 def _unique(entries: list[dict[str, str]]) -> list[dict[str, str]]:
