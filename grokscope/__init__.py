@@ -56,22 +56,6 @@ def __dir__():
     return sorted(__all__)
 
 
-class _Package(types.ModuleType):
-    """The grokscope package object. Four public functions share their module's name (train, analyze,
-    classify, signatures); importing such a submodule binds it on the package, which would hide the
-    function: ``gs.TrainConfig`` imports grokscope.train, and ``gs.train`` would then be the module.
-    Here the function is bound instead (``from grokscope.train import ...`` still reaches the module).
-    """
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__ == f"grokscope.{name}":
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 # Three public functions share their module's name (gs.train, gs.analyze, gs.classify, and
 # gs.signatures). Importing a submodule normally rebinds the package attribute to the module, which
 # would hide the function; this keeps the function bound instead. The modules stay importable with

@@ -264,9 +264,22 @@ def truncate_log(log: dict[str, list], last_step: int) -> dict[str, list]:
     return {column: [values[i] for i in keep] for column, values in log.items()}
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN / inf as None, tuples as lists, numpy and torch scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """Atomically write ``data`` as indented JSON."""
-    return atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Atomically write ``data`` as strict, indented JSON (NaN and infinities become null)."""
+    return atomic_write(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> dict:

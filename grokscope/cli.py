@@ -1,6 +1,8 @@
 """The ``grokscope`` command line: a thin layer over the library.
 
     grokscope train --out DIR [--preset NAME] [options]
+    grokscope analyze PATH [--out DIR] [--workers N] [--json] [--trust-pickle]
+    grokscope classify MODEL [--json]
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its arguments and sets
 ``handler`` to a ``_run_<name>(args) -> int`` function; ``main`` parses and dispatches. Heavy modules
@@ -86,12 +88,71 @@ def format_summary(out: str, config, summary: dict) -> str:
     return "\n".join(lines)
 
 
-# ----- further subcommands ------------------------------------------------------------------------
-# `grokscope analyze PATH [--out DIR]` goes here as _add_analyze(subparsers) / _run_analyze(args).
-# `grokscope classify MODEL [--json]` goes here as _add_classify(subparsers) / _run_classify(args).
-# Register each in SUBCOMMANDS below.
+def _add_analyze(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "analyze", help="measures, phases and the clock/pizza label of a run, a checkpoint or a folder of models",
+        description="Analyse PATH (a run in any supported layout, one checkpoint file, or a folder of "
+                    "independent models or runs) and write measures.csv, summary.json and report.html.")
+    parser.add_argument("path", metavar="PATH", help="run folder, checkpoint file or folder of models")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: PATH/grokscope/ for a folder, "
+                                                     "<folder>/grokscope/<name>/ for a file)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes measuring checkpoints in parallel (default 1)")
+    parser.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the table")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow pickles that need more than plain tensors (they can run code: only "
+                             "for files you trust)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_analyze)
 
-SUBCOMMANDS = (_add_train,)
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from grokscope.outputs import analyze_path, format_table
+
+    summary, out_dir = analyze_path(args.path, args.out, workers=args.workers, trust_pickle=args.trust_pickle,
+                                    progress=not args.quiet, report=not args.no_report)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_table(summary))
+        print(f"wrote {out_dir}/")
+    return 0
+
+
+def _add_classify(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "classify", help="clock, pizza or uninterpreted, with the evidence, for one model",
+        description="Classify the algorithm of one model (the last checkpoint of a run) with the signatures "
+                    "of Zhong et al. 2023: gradient symmetricity, distance irrelevance, circularity and "
+                    "logit templates.")
+    parser.add_argument("model", metavar="MODEL", help="a checkpoint file, a released model or a run folder")
+    parser.add_argument("--json", action="store_true", help="print the classification as JSON")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickles that can run code")
+    parser.set_defaults(handler=_run_classify)
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from grokscope.classify import classify
+    from grokscope.formats import load_run
+    from grokscope.outputs import json_safe
+
+    run = load_run(args.model, trust_pickle=args.trust_pickle)
+    result = classify(run.model(-1), run.task)
+    if args.json:
+        print(json.dumps(json_safe({"source": run.source, "step": run.steps[-1], **result.to_dict()}), indent=2))
+    else:
+        print(f"{run.source} (step {run.steps[-1]}): {result!r}")
+        for line in result.evidence:
+            print(f"  {line}")
+    return 0
+
+
+SUBCOMMANDS = (_add_train, _add_analyze, _add_classify)
 """The functions that add one subcommand each to the parser, in help order."""
 
 

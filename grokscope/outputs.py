@@ -17,22 +17,9 @@ from typing import Any
 
 from grokscope import __version__
 from grokscope.analyze import AnalysisResult
-from grokscope.checkpoints import atomic_write
+from grokscope.checkpoints import atomic_write, json_safe, write_json
 
 MEASURES_FILE, SUMMARY_FILE, REPORT_FILE = "measures.csv", "summary.json", "report.html"
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN / inf as None, tuples as lists, numpy and torch scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _number(row: dict, name: str) -> float | None:
@@ -116,3 +103,90 @@ def _is_nan(value: Any) -> bool:
 
 def _cell(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def default_out_dir(path: str | os.PathLike) -> Path:
+    """Where results go without ``--out``: PATH/grokscope/ for a folder, else <folder>/grokscope/<name>/."""
+    path = Path(path)
+    return path / "grokscope" if path.is_dir() else path.parent / "grokscope" / path.stem
+
+
+def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, *, workers: int = 1,
+                 trust_pickle: bool = False, progress: bool = False, report: bool = True
+                 ) -> tuple[dict[str, Any], Path]:
+    """Analyse whatever is at ``path`` and write measures.csv, summary.json and report.html into ``out``.
+
+    ``path`` is a run in any layout, one checkpoint file, or a folder of independent models or runs
+    (then ``measures.csv`` has one row per model and ``summary.json`` a ``models`` list). Returns the
+    summary and the output folder. Unreadable checkpoints are skipped and listed in the summary;
+    input that cannot be analysed at all raises GrokscopeError.
+    """
+    from grokscope import plots
+    from grokscope.analyze import analyze
+    from grokscope.formats import detect, load
+    from grokscope.report import write_report
+
+    skipped: list[dict] = []
+    loaded = load(path, trust_pickle=trust_pickle, skipped=skipped)
+    out_dir = Path(out) if out is not None else default_out_dir(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(loaded, list):
+        results = [analyze(run, progress=progress, workers=workers) for run in loaded]
+        summary = collection_summary(results, str(path), detect(path), skipped)
+        table_text = collection_csv(summary["models"])
+        figures = [("Models", plots.model_comparison(summary["models"]))]
+    else:
+        result = analyze(loaded, progress=progress, workers=workers)
+        summary = summary_dict(result)
+        summary["skipped"] = skipped + summary["skipped"]
+        table_text = measures_csv(result.table)
+        figures = result.figures()
+    atomic_write(out_dir / MEASURES_FILE, table_text)
+    write_json(out_dir / SUMMARY_FILE, summary)
+    if report:
+        write_report(out_dir / REPORT_FILE, summary, figures)
+    return summary, out_dir
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
+    return str(value)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The short table `grokscope analyze` prints: task, checkpoints, key frequencies, phases, losses, label."""
+    if "models" in summary:
+        lines = [f"{len(summary['models'])} models in {summary['source']['path']}"]
+        lines.append(f"  {'model':<28} {'p':>4} {'accuracy':>9} {'GS':>7} {'DI':>7} {'circ.':>7}  label")
+        for m in summary["models"]:
+            c, final = m.get("classification") or {}, m.get("final") or {}
+            lines.append(f"  {Path(m['source']['path']).name[:28]:<28} {m['task']['p']:>4} "
+                         f"{_fmt(final.get('accuracy')):>9} {_fmt(c.get('gradient_symmetricity')):>7} "
+                         f"{_fmt(c.get('distance_irrelevance')):>7} {_fmt(c.get('circularity')):>7}  "
+                         f"{c.get('label', '-')}" + (f" ({c['reason']})" if c.get("reason") else ""))
+    else:
+        task, ph, final, c = summary["task"], summary["phases"], summary["final"], summary.get("classification") or {}
+        keys = summary["key_frequencies"]
+        steps = summary["checkpoints"]["steps"]
+        lines = [f"task         p = {task['p']}, {task['op']}, n_ctx = {task['n_ctx']}"
+                 f" ({summary['source']['format']}: {summary['source']['path']})",
+                 f"checkpoints  {summary['checkpoints']['count']}"
+                 + (f", steps {steps[0]}..{steps[-1]}" if steps else "")
+                 + (f", {len(summary['skipped'])} skipped" if summary["skipped"] else ""),
+                 f"key freqs    {keys['freqs']} (rule {keys['rule']})",
+                 f"phases       memorisation {_fmt(ph.get('memorization_step'))}, grokking "
+                 f"{_fmt(ph.get('grokking_step'))}, delay {_fmt(ph.get('delay_ratio'))}x, cleanup end "
+                 f"{_fmt(ph.get('cleanup_end_step'))}",
+                 f"final        step {_fmt(final['step'])}: accuracy {_fmt(final['accuracy'], 4)}, train loss "
+                 f"{_fmt(final['train_loss'])}, test loss {_fmt(final['test_loss'])}, restricted "
+                 f"{_fmt(final['restricted_loss'])}, excluded {_fmt(final['excluded_loss'])}",
+                 f"label        {c.get('label', '-')}" + (f" ({c['reason']})" if c.get("reason") else "")
+                 + (f", confidence {_fmt(c.get('confidence'), 2)}, GS {_fmt(c.get('gradient_symmetricity'))}, "
+                    f"DI {_fmt(c.get('distance_irrelevance'))}, circularity {_fmt(c.get('circularity'))}"
+                    if c else "")]
+    if summary.get("skipped"):
+        lines += [f"skipped      {s['path']}: {s['error']}" for s in summary["skipped"][:5]]
+    return "\n".join(lines)
