@@ -38,6 +38,10 @@ _LAZY = {
     "signatures": "grokscope.signatures",
     "find_phases": "grokscope.phases",
     "analyze": "grokscope.analyze",
+    "exact_clock_model": "grokscope.constructions",
+    "exact_pizza_model": "grokscope.constructions",
+    "random_model": "grokscope.constructions",
+    "analyze_path": "grokscope.outputs",
     "AnalysisResult": "grokscope.analyze",
 }
 

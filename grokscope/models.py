@@ -7,7 +7,7 @@ Two recipes (SCIENCE.md section 5):
 
 The attention rate alpha ([Z23]) replaces every attention pattern by
 ``alpha * softmax(scores) + (1 - alpha)``: alpha = 1 is a standard transformer, alpha = 0 constant
-attention (every row all ones). It is a permanent hook on ``blocks.{l}.attn.hook_pattern``.
+attention (every entry one). It is a permanent hook on ``blocks.{l}.attn.hook_pattern``.
 
 ``final_logits`` computes the read-out logits straight from the HookedTransformer's parameters,
 skipping the work the read-out does not need (queries and the last MLP at other positions). It is
@@ -76,7 +76,9 @@ def pizza_config(task: Task, **kwargs: Any) -> HookedTransformerConfig:
 def set_attention_rate(model: HookedTransformer, alpha: float) -> HookedTransformer:
     """Attach (or replace) the [Z23] attention rate on every layer: pattern' = alpha*pattern + 1 - alpha.
 
-    Rows of the new pattern sum to 2 - alpha. alpha = 1 removes the hooks. Returns ``model``.
+    Rows of the new pattern sum to alpha + (1 - alpha) * n_ctx (2 - alpha for the [Z23] tokens [a, b]);
+    with a causal mask the added constant reaches later positions too, as in [Z23]'s definition.
+    alpha = 1 removes the hooks. Returns ``model``.
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:

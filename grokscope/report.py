@@ -20,7 +20,6 @@ import html as _html
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from grokscope.checkpoints import atomic_write
 from grokscope.errors import GrokscopeError
 
 __all__ = ["render_report", "write_report"]
@@ -294,20 +294,10 @@ def write_report(path: str | os.PathLike, summary: Mapping[str, Any],
     """
     target = Path(path)
     text = render_report(summary, figures, **options)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        atomic_write(target, text)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise GrokscopeError(f"{type(error).__name__}: {error.strerror or error}",
                              expected="a writable report path", where=str(target)) from error
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target

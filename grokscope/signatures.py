@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from grokscope.errors import GrokscopeError
+from grokscope.fourier import token_embeddings
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.tasks import Task
 from grokscope.templates import circle_fve, isolated_circle_logits
@@ -220,12 +221,6 @@ def component_frequencies(pca: EmbeddingPCA, n_components: int) -> tuple[list[in
     return [int(k) + 1 for k in best], [min(max(float(f), 0.0), 1.0) for f in fraction]
 
 
-def embedding_rows(model: HookedTransformer, task: Task, operand: str = "a") -> Float[Tensor, "p d_model"]:
-    """The embedding rows of operand a (ids 0..p-1) or b (ids p..2p-1 with diff_vocab)."""
-    offset = task.b_offset if operand == "b" else 0
-    return model.W_E[offset : offset + task.p]
-
-
 def circularity(W_rows: Float[Tensor, "p d_model"], n_components: int = 4) -> float:
     """Mean over the first ``n_components`` principal components of each one's largest single-frequency
     energy fraction [Z23]. Normalised over the p rows the transform uses (the released code used all
@@ -388,7 +383,7 @@ def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, se
     with torch.no_grad():
         logits = final_logits(model, task.tokens())[:, : task.p]
     accuracy = float((logits.argmax(dim=1) == task.labels()).double().mean())
-    rows_a = embedding_rows(model, task, "a")
+    rows_a = token_embeddings(model, task, "a")
     pca = embedding_pca(rows_a)
     circles = find_circles(rows_a, n_circles, pca)
     if templates:
@@ -399,7 +394,7 @@ def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, se
         di_correct=distance_irrelevance(logits, task),
         di_runnerup=distance_irrelevance(logits, task, runner_up=True),
         circularity=_mean_fraction(pca, 4),
-        circularity_b=circularity(embedding_rows(model, task, "b")) if task.diff_vocab else None,
+        circularity_b=circularity(token_embeddings(model, task, "b")) if task.diff_vocab else None,
         circles=tuple(circles), template_fve=_weighted_templates(circles, "template_fve"),
         template_fve_centred=_weighted_templates(circles, "template_fve_centred"),
         n_samples=n_samples, seed=seed)
