@@ -33,7 +33,8 @@ def test_single_clock_model_without_split(task, freqs):
     state = parameter_state_dict(model)
     run = memory_run(task, lambda i: state, steps=[500], cfg=model.cfg)
     result = analyze(run, classify=lambda m, t: ("clock", t.p),
-                     inspect_final={"d_mlp": lambda m, t: m.cfg.d_mlp, "bad": lambda m, t: as_freq_list([0], t.p)})
+                     inspect_final={"d_mlp": lambda m, t: m.cfg.d_mlp, "bad": lambda m, t: as_freq_list([0], t.p)},
+                     views=False)
     assert result.key_freqs.freqs == freqs and result.key_freqs.rule == "A"
     row = result.final_row
     assert row["step"] == 500 and row["full_acc"] == 1.0
@@ -122,7 +123,13 @@ def test_views_of_a_result():
     assert isinstance(frame, pandas.DataFrame) and frame.shape[0] == 8 and list(frame.columns)[0] == "step"
     assert result.final_row["step"] == 70
     titles = [title for title, _ in result.figures()]
-    assert len(titles) == 3 and titles[0] == "Loss and accuracy"
+    assert titles == ["Loss and accuracy", "Restricted and excluded loss", "Sparsity and weight norm",
+                      "Embedding Fourier norms", "Neuron frequency clusters", "Embedding circles",
+                      "Correct-class logit over (a+b, a-b)"]
+    view = result.final_extras["views"]
+    assert sorted(int(k) for k in view["embedding_norms"].argsort()[-2:] + 1) == [3, 8]
+    assert {circle["k"] for circle in view["circles"][:2]} == {3, 8}
+    assert view["logit_grid"].std() < 1e-6 * abs(view["logit_grid"]).max()  # an exact clock: constant
 
 
 def test_measure_checkpoint_and_assemble_table_are_the_worker_seam():
