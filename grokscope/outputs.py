@@ -128,8 +128,6 @@ def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, 
 
     skipped: list[dict] = []
     loaded = load(path, trust_pickle=trust_pickle, skipped=skipped)
-    out_dir = Path(out) if out is not None else default_out_dir(path)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(loaded, list):
         results = [analyze(run, progress=progress, workers=workers) for run in loaded]
         summary = collection_summary(results, str(path), detect(path), skipped)
@@ -141,6 +139,8 @@ def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, 
         summary["skipped"] = skipped + summary["skipped"]
         table_text = measures_csv(result.table)
         figures = result.figures()
+    out_dir = Path(out) if out is not None else default_out_dir(path)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     atomic_write(out_dir / MEASURES_FILE, table_text)
     write_json(out_dir / SUMMARY_FILE, summary)
     if report:
