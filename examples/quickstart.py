@@ -1,6 +1,6 @@
 """The grokscope quick start as a plain script: train a run until it groks, analyse it, classify it.
 
-    python examples/quickstart.py                               # small: p = 37, about half a minute
+    python examples/quickstart.py                               # small: p = 37, under a minute
     GROKSCOPE_EXAMPLE_SCALE=full python examples/quickstart.py  # the `fast` preset, p = 59
 
 It writes the run under ``$GROKSCOPE_EXAMPLE_RUNS`` (default ``runs/``) and the analysis into

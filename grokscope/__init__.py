@@ -60,7 +60,7 @@ def __dir__():
     return sorted(__all__)
 
 
-# Three public functions share their module's name (gs.train, gs.analyze, gs.classify, and
+# Four public functions share their module's name (gs.train, gs.analyze, gs.classify, and
 # gs.signatures). Importing a submodule normally rebinds the package attribute to the module, which
 # would hide the function; this keeps the function bound instead. The modules stay importable with
 # `from grokscope.classify import ...` and `importlib.import_module("grokscope.classify")`.

@@ -37,6 +37,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from grokscope.errors import GrokscopeError
+from grokscope.formats.base import skip_entry
 from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fourier_basis, key_frequencies)
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
@@ -332,7 +333,7 @@ def _measure_in_worker(index: int):
     try:
         model = run.model(index)
     except GrokscopeError as error:
-        return run.steps[index], None, {"path": run.checkpoint_path(index), "error": str(error)}
+        return run.steps[index], None, skip_entry(run.checkpoint_path(index), error)
     own_row = measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis)
     return run.steps[index], own_row, None
 

@@ -29,7 +29,9 @@ def example_env(tmp_path: Path) -> dict[str, str]:
     env["GROKSCOPE_EXAMPLE_RUNS"] = str(tmp_path / "runs")
     env["GROKSCOPE_PIZZA_MODELS"] = str(ROOT / "tests" / "fixtures" / "pizza")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("MPLBACKEND", "Agg")
+    # One torch thread unless told otherwise: on shared CPU cores two threads ran several times slower
+    # (docs/presets.md, "Threads, speed and determinism").
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 

@@ -18,7 +18,7 @@ from types import ModuleType
 
 from grokscope.errors import GrokscopeError
 from grokscope.formats import infer, nanda, safe_load, tl_demo, transformer_lens
-from grokscope.formats.base import Run
+from grokscope.formats.base import Run, skip_entry
 
 __all__ = ["FORMATS", "Run", "detect", "load", "load_run", "load_runs"]
 
@@ -137,7 +137,7 @@ def _read_collection(members: list[str], trust_pickle: bool, skipped: list[dict[
         except GrokscopeError as error:
             if skipped is None:
                 raise
-            skipped.append({"path": member, "error": str(error)})
+            skipped.append(skip_entry(member, error))
             continue
         runs.extend(loaded if isinstance(loaded, list) else [loaded])
     return runs

@@ -84,7 +84,7 @@ class Run:
             try:
                 model = self.model(i)
             except GrokscopeError as error:
-                self.skipped.append({"path": self.checkpoint_path(i), "error": str(error)})
+                self.skipped.append(skip_entry(self.checkpoint_path(i), error))
                 continue
             yield self.steps[self._index(i)], model
 
@@ -94,3 +94,10 @@ class Run:
         if self.train_indices is None:
             return None
         return held_out_mask(self.task.n_inputs, self.train_indices).nonzero().squeeze(1)
+
+
+def skip_entry(path: str, error: Exception) -> dict[str, str]:
+    """``{"path", "error"}`` for a skipped checkpoint, without repeating the path in the error text."""
+    message = str(error)
+    prefix = f"{path}: "
+    return {"path": path, "error": message[len(prefix):] if message.startswith(prefix) else message}
