@@ -278,15 +278,13 @@ def test_collection_of_models_and_runs(tmp_path):
 
 def test_pizza_release_is_detected_before_the_nanda_layout():
     """The [Z23] release uses [N23]-style keys: its config beside the file makes it the release."""
-    pytest.importorskip("grokscope.formats.pizza")
-    folder = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "pizza")
+    folder = os.path.join(os.path.dirname(__file__), "fixtures", "pizza")
     assert detect(os.path.join(folder, "model_p99zdpze5l.pt")) == "pizza_release"
     assert detect(folder) == "pizza_release"
     assert not nanda.matches(os.path.join(folder, "model_p99zdpze5l.pt"))
 
 
 def test_native_run_is_detected_alone_and_in_a_collection(tiny_run_dir, tmp_path):
-    pytest.importorskip("grokscope.formats.native")
     assert detect(tiny_run_dir) == "native" and detect(tiny_run_dir / "checkpoints") == "native"
     run = load_run(tiny_run_dir)
     assert run.format == "native" and run.task.p == 13 and len(run.steps) > 1

@@ -3,6 +3,7 @@ steps, key frequencies are marked, and missing data degrades to a figure that sa
 
 import dataclasses
 import math
+from pathlib import Path
 
 import jaxtyping
 import numpy as np
@@ -354,22 +355,17 @@ def test_phases_as_a_dataclass_and_at_step_zero():
     assert {s.x0 for s in linear.layout.shapes if s.type == "line"} == {0}
 
 
-FIXTURES = "/work/shared/fixtures/pizza"
+FIXTURES = Path(__file__).parent / "fixtures" / "pizza"
 
 
 @pytest.mark.parametrize("model_id, di_correct", [("p99zdpze5l", 0.1717), ("l8k1hzciux", 0.8483)])
 def test_logit_map_of_released_models_reads_back_the_published_di(model_id, di_correct):
     """The heatmap's rows are a+b and columns a-b: distance irrelevance computed from the drawn grid
     (mean over columns of the std over rows / std of all entries, [Z23]) matches SCIENCE.md."""
-    import os
-
     import grokscope as gs
     from grokscope.models import final_logits
 
-    path = f"{FIXTURES}/model_{model_id}.pt"
-    if not os.path.exists(path):
-        pytest.skip(f"fixture {path} is not present")
-    run = gs.load_run(path)
+    run = gs.load_run(FIXTURES / f"model_{model_id}.pt")
     task, p = run.task, run.task.p
     with torch.no_grad():
         logits = final_logits(run.model(-1), task.tokens())[:, :p].double()
