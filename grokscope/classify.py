@@ -3,8 +3,9 @@
 Rules (SCIENCE.md section 4), applied in order with the ``Thresholds`` reported beside the label:
 
 1. accuracy over the full grid < ``min_accuracy`` (0.99) -> uninterpreted, reason "not generalised";
-2. circularity < ``min_circularity`` (0.9 by default; ``STRICT`` uses the paper's 0.99)
-   -> uninterpreted, reason "non-circular";
+2. circularity < ``min_circularity`` -> uninterpreted, reason "non-circular". By default the gate is
+   0.9 on the spectral circularity (``grokscope.circles``), which principal components of nearly
+   equal variance cannot lower; ``STRICT`` is the paper's: 0.99 on [Z23]'s per-component circularity;
 3. GS >= 0.98 and DI_correct <= 0.4 -> pizza; GS <= 0.9 and DI_correct >= 0.6 -> clock;
 4. anything else -> uninterpreted, reason "mixed".
 
@@ -32,6 +33,7 @@ from grokscope.tasks import Task
 LABELS = ("clock", "pizza", "uninterpreted")
 REASONS = (None, "not generalised", "non-circular", "mixed")
 CIRCLE_LABELS = ("clock", "pizza", "accompanying", "mixed", "unexplained")
+CIRCULARITY_MEASURES = ("spectral", "paper")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Thresholds:
     Attributes:
         min_accuracy: accuracy over the full grid below which a model is "not generalised".
         min_circularity: the circularity gate; 0.99 (``STRICT``) is the paper's phase-diagram setting.
+        circularity_measure: what the gate reads: "spectral" (``Signatures.spectral_circularity``) or
+            "paper" (``Signatures.circularity``, [Z23]'s per-component measure).
         pizza_min_gs, pizza_max_di: pizza when GS >= pizza_min_gs and DI_correct <= pizza_max_di.
         clock_max_gs, clock_min_di: clock when GS <= clock_max_gs and DI_correct >= clock_min_di.
         template_margin: a centred-FVE difference (pizza - clock) smaller than this is neutral.
@@ -51,6 +55,7 @@ class Thresholds:
 
     min_accuracy: float = 0.99
     min_circularity: float = 0.9
+    circularity_measure: str = "spectral"
     pizza_min_gs: float = 0.98
     pizza_max_di: float = 0.4
     clock_max_gs: float = 0.9
@@ -59,14 +64,23 @@ class Thresholds:
     template_scale: float = 0.2
     min_template_fve: float = 0.5
 
+    def __post_init__(self):
+        if self.circularity_measure not in CIRCULARITY_MEASURES:
+            raise GrokscopeError(f"circularity_measure = {self.circularity_measure!r}",
+                                 expected=f"one of {CIRCULARITY_MEASURES}", where="Thresholds")
+
     def to_dict(self) -> dict:
         """JSON-safe dict of every threshold."""
         return asdict(self)
 
+    def gated_circularity(self, sig: Signatures) -> float:
+        """The circularity value the gate compares with ``min_circularity``."""
+        return sig.spectral_circularity if self.circularity_measure == "spectral" else sig.circularity
+
 
 DEFAULT = Thresholds()
-STRICT = Thresholds(min_circularity=0.99)
-"""The [Z23] phase-diagram setting: only clean circles count."""
+STRICT = Thresholds(min_circularity=0.99, circularity_measure="paper")
+"""The [Z23] phase-diagram setting: only clean circles count, by the paper's own measure."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,8 @@ class Classification:
         s = self.signatures
         why = f", {self.reason}" if self.reason else ""
         return (f"Classification({self.label}{why}, confidence {self.confidence:.2f}, "
-                f"GS {s.gradient_symmetricity:.3f}, DI {s.di_correct:.3f}, circularity {s.circularity:.3f}, "
+                f"GS {s.gradient_symmetricity:.3f}, DI {s.di_correct:.3f}, "
+                f"{self.thresholds.circularity_measure} circularity {self.thresholds.gated_circularity(s):.3f}, "
                 f"accuracy {s.accuracy:.3f})")
 
     def to_dict(self) -> dict:
@@ -111,6 +126,7 @@ class Classification:
                 "accuracy": s.accuracy, "gradient_symmetricity": s.gradient_symmetricity,
                 "distance_irrelevance": s.di_correct, "distance_irrelevance_runnerup": s.di_runnerup,
                 "circularity": s.circularity, "circularity_b": s.circularity_b,
+                "spectral_circularity": s.spectral_circularity,
                 "template_fve": s.template_fve, "template_fve_centred": s.template_fve_centred,
                 "template_vote": self.template_vote, "template_margin": self.template_margin,
                 "circles": circles, "gs_samples": s.n_samples, "gs_seed": s.seed,
@@ -119,7 +135,8 @@ class Classification:
 
 def _circle_dict(c: Circle) -> dict:
     return {"index": c.index, "components": list(c.components), "freq": c.freq, "delta": c.delta,
-            "variance": c.variance, "is_circle": c.is_circle, "doubles": c.doubles,
+            "variance": c.variance, "roundness": c.roundness, "purity": c.purity, "isolated_on": c.isolated_on,
+            "is_circle": c.is_circle, "doubles": c.doubles,
             "accompanying": c.is_accompanying, "template_fve": c.template_fve,
             "template_fve_centred": c.template_fve_centred, "phase": c.phase}
 
@@ -162,7 +179,8 @@ def classify_signatures(sig: Signatures, thresholds: Thresholds | None = None) -
     gs, di = sig.gradient_symmetricity, sig.di_correct
     vote, margin = template_vote(sig, t)
     evidence = [f"accuracy over the full grid {sig.accuracy:.4f} (generalised at >= {t.min_accuracy})",
-                f"circularity {sig.circularity:.4f} (gate {t.min_circularity})"
+                f"circularity {sig.circularity:.4f}, spectral {sig.spectral_circularity:.4f} "
+                f"(gate {t.min_circularity} on {t.circularity_measure})"
                 + (f"; b tokens {sig.circularity_b:.4f}" if sig.circularity_b is not None else ""),
                 f"gradient symmetricity {gs:.4f} (pizza >= {t.pizza_min_gs}, clock <= {t.clock_max_gs}; "
                 f"{sig.n_samples} samples, seed {sig.seed})",
@@ -178,10 +196,19 @@ def classify_signatures(sig: Signatures, thresholds: Thresholds | None = None) -
         extra = f", accompanying {fve['accompanying']:.1%}" if "accompanying" in fve else ""
         evidence.append(f"circle {c.index + 1} (k = {c.freq}, delta = {c.delta}, {c.variance:.1%} of the "
                         f"variance): clock {fve['clock']:.1%}, pizza {fve['pizza']:.1%}{extra} -> {label}")
+    if circle_labels:
+        share = {}
+        for c in sig.circles:
+            label = circle_label(c, t)
+            if label is not None:
+                count, variance = share.get(label, (0, 0.0))
+                share[label] = (count + 1, variance + c.variance)
+        evidence.append("circles: " + ", ".join(f"{count} {label} ({variance:.1%} of the variance)"
+                                                for label, (count, variance) in share.items()))
 
     if sig.accuracy < t.min_accuracy:
         label, reason = "uninterpreted", "not generalised"
-    elif sig.circularity < t.min_circularity:
+    elif t.gated_circularity(sig) < t.min_circularity:
         label, reason = "uninterpreted", "non-circular"
     elif gs >= t.pizza_min_gs and di <= t.pizza_max_di:
         label, reason = "pizza", None
@@ -204,7 +231,7 @@ def classify_signatures(sig: Signatures, thresholds: Thresholds | None = None) -
         evidence.append("template vote: no circle to compare the templates on")
     else:
         agreement = "" if label not in ("clock", "pizza") else \
-            (" (agrees)" if vote == label else " (neutral)" if vote == "neutral" else " (DISAGREES)")
+            (" (agrees)" if vote == label else "" if vote == "neutral" else " (DISAGREES)")
         evidence.append(f"template vote: {vote}{agreement}, pizza - clock = {margin:+.1%} "
                         "(centred FVE, weighted over circles)")
     evidence.append(f"-> {label}" + (f" ({reason})" if reason else "") + f", confidence {confidence:.2f}")

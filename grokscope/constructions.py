@@ -96,7 +96,9 @@ def clock_constant(p: int, beta: float = 0.0) -> float:
 
 
 def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin: float = 16.0,
-                      gap: float = 40.0, gain: float = GAIN) -> HookedTransformer:
+                      gap: float = 40.0, gain: float = GAIN,
+                      embedding_map: Float[Tensor, "n_circle_dims n_circle_dims"] | None = None
+                      ) -> HookedTransformer:
     """A one-layer clock: logits exactly lam * C * sum_k cos(w_k(a+b-c)) over the full grid.
 
     Args:
@@ -106,8 +108,20 @@ def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin
         margin: the smallest correct-minus-wrong logit gap over the grid (loss ~ 2 exp(-margin)).
         gap: attention score gap between the attended position and the others.
         gain: W_O and W_out write gain x, W_in and W_U read back / gain (see the module docstring).
+        embedding_map: an invertible (2 |K|, 2 |K|) matrix A over the token-circle dims (cos, sin of
+            each frequency in the order of ``freqs``): W_E <- W_E A and W_V <- A^-1 W_V there, so the
+            logits are unchanged while the embedded circles become ellipses of unequal size in
+            non-orthogonal planes, as in trained models.
 
     d_mlp = |K| p^2; n_heads = 2, d_head = 2 |K|; attention rate 1.
+
+    >>> from grokscope.models import final_logits
+    >>> task = Task(p=23)
+    >>> plain = final_logits(exact_clock_model(task, [3, 7]), task.tokens())
+    >>> skew = torch.eye(4, dtype=torch.float64) + 0.1 * torch.ones(4, 4, dtype=torch.float64)
+    >>> mapped = final_logits(exact_clock_model(task, [3, 7], embedding_map=skew), task.tokens())
+    >>> bool((mapped - plain).abs().max() < 1e-4 * plain.abs().max())
+    True
     """
     freqs = _check(task, freqs, "exact_clock_model")
     p, nk = task.p, len(freqs)
@@ -147,7 +161,23 @@ def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin
             angle = _angles(p, k)
             model.W_U[out, :p] = (lam / gain * torch.cos(angle)).float()
             model.W_U[out + 1, :p] = (lam / gain * torch.sin(angle)).float()
+        if embedding_map is not None:
+            _map_token_circles(model, [d for f in range(nk) for d in (8 * f, 8 * f + 1)], embedding_map)
     return model
+
+
+def _map_token_circles(model: HookedTransformer, dims: list[int], matrix: Tensor) -> None:
+    """W_E <- W_E A and W_V <- A^-1 W_V over ``dims`` (only W_V reads them): the same function."""
+    A = torch.as_tensor(matrix, dtype=torch.float64)
+    if A.shape != (len(dims), len(dims)) or torch.linalg.matrix_rank(A) < len(dims):
+        raise GrokscopeError(f"embedding_map of shape {tuple(A.shape)} (rank "
+                             f"{int(torch.linalg.matrix_rank(A)) if A.ndim == 2 else 0})",
+                             expected=f"an invertible {len(dims)} x {len(dims)} matrix (2 per frequency)",
+                             where="exact_clock_model")
+    W_V = model.blocks[0].attn.W_V
+    model.W_E[:, dims] = (model.W_E[:, dims].double() @ A).float()
+    for head in range(W_V.shape[0]):
+        W_V[head, dims] = torch.linalg.solve(A, W_V[head, dims].double()).float()
 
 
 def _pizza_readout(p: int, k: int, phases: Tensor) -> Float[Tensor, "p_sq 2"]:

@@ -7,9 +7,11 @@ for the logit templates of every embedding circle (``grokscope.templates``).
 
 - Gradient symmetricity (GS): mean cosine of dQ/dE_a and dQ/dE_b, Q the raw logit of a class c.
 - Distance irrelevance (DI): how little the correct logit depends on a - b.
-- Circularity: how purely the top principal components of the embedding are single frequencies.
-- Circles: consecutive principal components paired, with frequency k, index step delta = k^-1 mod p,
-  accompanying circles at 2k, and their clock / pizza template fractions of variance explained.
+- Circularity: how purely the top principal components of the embedding are single frequencies
+  ([Z23]'s), and how much of their variance whole frequency planes carry (spectral).
+- Circles: the strongest frequency planes of the embedding (``grokscope.circles``), with index step
+  delta = k^-1 mod p, accompanying circles at 2k, and their clock / pizza template fractions of
+  variance explained.
 
 >>> from grokscope.constructions import exact_clock_model
 >>> task = Task(p=23)
@@ -20,16 +22,17 @@ for the logit templates of every embedding circle (``grokscope.templates``).
 1.0
 """
 
-import math
 import random
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
-from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from grokscope.circles import (Circle, EmbeddingPCA, circularity, component_frequencies, embedding_pca,
+                               find_circles, frequency_energy, index_step, isolated_plane, mean_fraction,
+                               spectral_circularity)
 from grokscope.errors import GrokscopeError
 from grokscope.fourier import token_embeddings
 from grokscope.models import HookedTransformer, final_logits
@@ -136,185 +139,16 @@ def distance_irrelevance(logits: Float[Tensor, "n_inputs p"], task: Task, *,
     return float(matrix.std(dim=0, unbiased=False).mean() / total)
 
 
-# ----- embedding PCA, circularity and circles ----------------------------------------------------
-class EmbeddingPCA(NamedTuple):
-    """PCA of p embedding rows: scores (p, r), components (r, d_model), variance share (r,), mean."""
-
-    scores: Tensor
-    components: Tensor
-    share: Tensor
-    mean: Tensor
-
-
-def embedding_pca(W_rows: Float[Tensor, "p d_model"], *, rtol: float = 1e-5) -> EmbeddingPCA:
-    """Centred PCA (SVD, float64) of token embedding rows, components by decreasing variance.
-
-    Components with no variance (below 1e-12 of the largest) are dropped. Components whose singular
-    values agree within ``rtol`` (of the largest) are not unique: any rotation of their span is an
-    equally valid PCA. grokscope picks the rotation that makes them single-frequency where possible
-    (and orders them by frequency), so exact constructions with equal-sized circles read as circles.
-    """
-    rows = W_rows.detach().double()
-    mean = rows.mean(dim=0)
-    U, S, Vh = torch.linalg.svd(rows - mean, full_matrices=False)
-    keep = S > S[0] * 1e-6 if len(S) and S[0] > 0 else torch.zeros_like(S, dtype=torch.bool)
-    scores, comps, S = U[:, keep] * S[keep], Vh[keep], S[keep]
-    start = 0
-    for end in range(1, len(S) + 1):
-        if end == len(S) or S[end - 1] - S[end] > rtol * S[0]:
-            if end - start > 1:
-                rotation = _frequency_rotation(scores[:, start:end])
-                scores[:, start:end] = scores[:, start:end] @ rotation
-                comps[start:end] = rotation.T @ comps[start:end]
-            start = end
-    share = S**2 / (S**2).sum() if len(S) else S
-    return EmbeddingPCA(scores, comps, share, mean)
-
-
-def _frequency_rotation(scores: Tensor) -> Tensor:
-    """Orthogonal R making the columns of scores @ R single-frequency where the span allows.
-
-    Eigenvectors of sum_k k * G^T P_k G (P_k the projector on frequency k over the rows): for a span
-    of pure-frequency vectors this matrix is diagonal in exactly that basis, with distinct eigenvalues.
-    """
-    p = scores.shape[0]
-    x = torch.arange(p, dtype=torch.float64)
-    freqs = torch.arange(1, (p - 1) // 2 + 1, dtype=torch.float64)
-    angle = 2 * math.pi * freqs[:, None] * x[None] / p
-    coeff_cos, coeff_sin = torch.cos(angle) @ scores, torch.sin(angle) @ scores  # (n_freqs, m)
-    weights = freqs[:, None]
-    mixed = (coeff_cos * weights).T @ coeff_cos + (coeff_sin * weights).T @ coeff_sin
-    return torch.linalg.eigh(mixed).eigenvectors
-
-
-def frequency_energy(values: Float[Tensor, "p n"]) -> Float[Tensor, "n n_freqs"]:
-    """Fraction of each column's energy at frequency k = 1..(p-1)/2 (cos and sin together).
-
-    e_k = 2 |sum_x v_x exp(2 pi i k x / p)|^2 / (p sum_x v_x^2) for mean-zero columns v, normalised
-    over the p rows the transform uses: a pure cos(2 pi k x / p + phase) scores 1 at k. Independent
-    of any Fourier basis ordering.
-    """
-    p = values.shape[0]
-    spectrum = torch.fft.fft(values.double(), dim=0)[1 : (p - 1) // 2 + 1]
-    energy = (values.double() ** 2).sum(dim=0).clamp_min(1e-300)
-    return (2 * spectrum.abs() ** 2 / (p * energy)).T
-
-
-def _fold(k: int, p: int) -> int:
-    k %= p
-    return min(k, p - k)
-
-
-def index_step(freq: int, p: int) -> int:
-    """delta = k^-1 mod p folded into 1..(p-1)/2: tokens 0, delta, 2 delta, ... walk the circle in order.
-
-    >>> index_step(17, 59), index_step(3, 59), index_step(15, 59)
-    (7, 20, 4)
-    """
-    return _fold(pow(freq, -1, p), p)
-
-
-def component_frequencies(pca: EmbeddingPCA, n_components: int) -> tuple[list[int], list[float]]:
-    """Best frequency and its energy fraction (clipped to [0, 1]) of the first principal components."""
-    n = min(n_components, pca.scores.shape[1])
-    fraction, best = frequency_energy(pca.scores[:, :n]).max(dim=1)
-    return [int(k) + 1 for k in best], [min(max(float(f), 0.0), 1.0) for f in fraction]
-
-
-def circularity(W_rows: Float[Tensor, "p d_model"], n_components: int = 4) -> float:
-    """Mean over the first ``n_components`` principal components of each one's largest single-frequency
-    energy fraction [Z23]. Normalised over the p rows the transform uses (the released code used all
-    vocabulary rows, which halves it for diff_vocab models)."""
-    return _mean_fraction(embedding_pca(W_rows), n_components)
-
-
-def _mean_fraction(pca: EmbeddingPCA, n_components: int) -> float:
-    _, fractions = component_frequencies(pca, n_components)
-    return sum(fractions) / len(fractions) if fractions else 0.0
-
-
-@dataclass(frozen=True)
-class Circle:
-    """Principal components (2i, 2i+1) of the operand-a embedding, read as one circle.
-
-    Attributes:
-        index: circle number, 0-based (circle 1 of the paper is index 0).
-        components: the two principal components (0-based).
-        freq: frequency k in 1..(p-1)/2; delta: index step k^-1 mod p (folded), so k = delta^-1.
-        component_freqs, fractions: each component's best frequency and its energy fraction there.
-        variance: share of the embedding variance in the two components.
-        is_circle: both components peak at the same frequency with at least half their energy there.
-        doubles: the index of an earlier circle whose frequency this one doubles (a candidate
-            accompanying circle, freq = 2k), else None.
-        template_fve: clock / pizza (and, for accompanying candidates, accompanying) fractions of
-            variance explained in the paper's convention, 2 rho - 1 over all p^3 logits.
-        template_fve_centred: the same after removing each class's mean logit and each input's mean
-            logit (offsets that no template can explain); the classifier compares these.
-        phase: the relative b phase used by the pizza template (fitted for diff_vocab, else 0).
-    """
-
-    index: int
-    components: tuple[int, int]
-    freq: int
-    delta: int
-    component_freqs: tuple[int, int]
-    fractions: tuple[float, float]
-    variance: float
-    is_circle: bool
-    doubles: int | None = None
-    template_fve: dict | None = None
-    template_fve_centred: dict | None = None
-    phase: float = 0.0
-
-    def to_dict(self) -> dict:
-        """JSON-safe dict of every field, and ``is_accompanying``."""
-        return {**asdict(self), "is_accompanying": self.is_accompanying}
-
-    @property
-    def is_accompanying(self) -> bool:
-        """An accompanying circle [Z23]: it doubles another circle's frequency and the accompanying
-        template explains its logits better than the clock and pizza templates."""
-        fve = self.template_fve_centred or {}
-        if self.doubles is None or fve.get("accompanying") is None:
-            return False
-        return fve["accompanying"] > max(fve["clock"], fve["pizza"])
-
-
-def find_circles(W_rows: Float[Tensor, "p d_model"], n_circles: int = 6,
-                 pca: EmbeddingPCA | None = None) -> list[Circle]:
-    """Pair principal components (0, 1), (2, 3), ... into circles with frequency and index step [Z23].
-
-    Model A of [Z23] gives delta = 7, 20, 4 (k = 17, 3, 15) and accompanying circles delta = 26,
-    10, 2 (k = 25, 6, 29 = 2k folded). Templates are filled in by ``signatures``.
-    """
-    p = W_rows.shape[0]
-    pca = pca if pca is not None else embedding_pca(W_rows)
-    freqs, fractions = component_frequencies(pca, 2 * n_circles)
-    share = pca.share
-    circles = []
-    for i in range(len(freqs) // 2):
-        j = 2 * i
-        main = j if fractions[j] >= fractions[j + 1] else j + 1
-        same = freqs[j] == freqs[j + 1]
-        freq = freqs[main]
-        doubles = next((c.index for c in circles if c.is_circle and _fold(2 * c.freq, p) == freq), None)
-        circles.append(Circle(index=i, components=(j, j + 1), freq=freq, delta=index_step(freq, p),
-                              component_freqs=(freqs[j], freqs[j + 1]),
-                              fractions=(fractions[j], fractions[j + 1]),
-                              variance=float(share[j] + share[j + 1]),
-                              is_circle=same and min(fractions[j], fractions[j + 1]) >= 0.5,
-                              doubles=doubles if same else None))
-    return circles
-
-
+# ----- circles and their logit templates -------------------------------------------------------
 def _with_templates(model: HookedTransformer, task: Task, circles: list[Circle],
-                    pca: EmbeddingPCA) -> list[Circle]:
+                    rows_a: Tensor, pca: EmbeddingPCA) -> list[Circle]:
     """The circles with their template FVE filled in (one batched forward pass for all of them)."""
     chosen = [c for c in circles if c.is_circle]
     if not chosen:
         return circles
-    planes = [pca.scores[:, list(c.components)] @ pca.components[list(c.components)] for c in chosen]
-    logits = isolated_circle_logits(model, task, planes, [c.freq for c in chosen], pca.mean)
+    planes = [isolated_plane(rows_a, c, pca) for c in chosen]
+    mean = rows_a.detach().double().mean(dim=0)
+    logits = isolated_circle_logits(model, task, planes, [c.freq for c in chosen], mean)
     freq_of, done = {c.index: c.freq for c in circles}, {}
     for circle, circle_logits in zip(chosen, logits):
         base = freq_of[circle.doubles] if circle.doubles is not None else None
@@ -341,10 +175,14 @@ class Signatures:
         gradient_symmetricity: GS with ``n_samples`` triples of the seed-``seed`` protocol.
         di_correct: distance irrelevance of the correct logit (the paper's definition).
         di_runnerup: the same for the largest wrong logit (the released result tables).
-        circularity: of the operand-a embedding rows; circularity_b: of the b rows (diff_vocab only).
-        circles: consecutive principal-component pairs of the operand-a embedding, with templates.
+        circularity: [Z23]'s, of the operand-a embedding rows; circularity_b: of the b rows
+            (diff_vocab only).
+        spectral_circularity: ``grokscope.circles.spectral_circularity`` of the operand-a rows (the
+            classifier's default gate).
+        circles: the strongest frequency planes of the operand-a embedding (``find_circles``), with
+            templates.
         template_fve, template_fve_centred: clock and pizza FVE averaged over the circles that are
-            neither accompanying nor broken pairs, weighted by their embedding variance (None if none).
+            true circles and not accompanying, weighted by their embedding variance (None if none).
     """
 
     p: int
@@ -354,6 +192,7 @@ class Signatures:
     di_runnerup: float
     circularity: float
     circularity_b: float | None
+    spectral_circularity: float
     circles: tuple[Circle, ...]
     template_fve: dict | None
     template_fve_centred: dict | None
@@ -383,17 +222,17 @@ def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, se
     with torch.no_grad():
         logits = final_logits(model, task.tokens())[:, : task.p]
     accuracy = float((logits.argmax(dim=1) == task.labels()).double().mean())
-    rows_a = token_embeddings(model, task, "a")
+    rows_a = token_embeddings(model, task, "a").detach().double()
     pca = embedding_pca(rows_a)
     circles = find_circles(rows_a, n_circles, pca)
     if templates:
-        circles = _with_templates(model, task, circles, pca)
+        circles = _with_templates(model, task, circles, rows_a, pca)
     return Signatures(
         p=task.p, accuracy=accuracy,
         gradient_symmetricity=gradient_symmetricity(model, task, n_samples=n_samples, seed=seed),
         di_correct=distance_irrelevance(logits, task),
         di_runnerup=distance_irrelevance(logits, task, runner_up=True),
-        circularity=_mean_fraction(pca, 4),
+        circularity=mean_fraction(pca, 4), spectral_circularity=spectral_circularity(rows_a),
         circularity_b=circularity(token_embeddings(model, task, "b")) if task.diff_vocab else None,
         circles=tuple(circles), template_fve=_weighted_templates(circles, "template_fve"),
         template_fve_centred=_weighted_templates(circles, "template_fve_centred"),

@@ -19,7 +19,8 @@ import torch
 
 from grokscope.fourier import embedding_norms, neuron_frequencies
 from grokscope.models import HookedTransformer, final_logits
-from grokscope.signatures import distance_matrix, embedding_pca, find_circles
+from grokscope.circles import circle_coordinates, find_circles
+from grokscope.signatures import distance_matrix
 from grokscope.tasks import Task
 
 
@@ -29,20 +30,18 @@ def model_views(model: HookedTransformer, task: Task, *, key_freqs: Sequence[int
 
     Returns a dict with ``embedding_norms`` (per frequency k = 1..(p-1)/2), ``key_freqs``,
     ``neuron_freq`` and ``frac_explained`` (per neuron, [N23] section 5), ``circles`` (the first
-    ``n_circles`` PCA circles of the operand-a embeddings, [Z23]: each ``{k, delta, points (p, 2),
-    labels}``) and ``logit_grid`` (the correct-logit map M[(a+b) mod p, (a-b) mod p], or None for
+    ``n_circles`` circles of the operand-a embeddings, [Z23]: each ``{k, delta, points (p, 2) along
+    the ellipse's axes, labels}``) and ``logit_grid`` (the correct-logit map M[(a+b) mod p, (a-b) mod p], or None for
     operations other than addition).
     """
     with torch.no_grad():
         logits, post = final_logits(model, task.tokens(), return_post=True)
         neurons = neuron_frequencies(post, task.p) if task.is_square_grid else None
         rows = model.W_E[: task.p].detach()
-        pca = embedding_pca(rows)
         circles = []
-        for circle in find_circles(rows, n_circles=n_circles, pca=pca):
-            first, second = circle.components
+        for circle in find_circles(rows, n_circles=n_circles):
             circles.append({"k": circle.freq, "delta": circle.delta,
-                            "points": pca.scores[:, [first, second]].numpy(),
+                            "points": circle_coordinates(rows, circle.freq).numpy(),
                             "labels": list(range(task.p)),
                             "label": (circle_labels or {}).get(circle.index)})
         grid = distance_matrix(logits, task).numpy() if task.op == "add" else None

@@ -84,13 +84,12 @@ def circle(index: int, clock: float, pizza: float, variance: float = 0.3, accomp
     if accompanying is not None:
         fve["accompanying"] = accompanying
     return Circle(index=index, components=(2 * index, 2 * index + 1), freq=index + 1, delta=1,
-                  component_freqs=(index + 1, index + 1), fractions=(1.0, 1.0), variance=variance,
-                  is_circle=True, doubles=doubles, template_fve=dict(fve), template_fve_centred=dict(fve))
+                  variance=variance, roundness=1.0, purity=1.0, isolated_on="components", is_circle=True, doubles=doubles, template_fve=dict(fve), template_fve_centred=dict(fve))
 
 
 def sig(gs=0.99, di=0.2, accuracy=1.0, circ=1.0, circles=()) -> Signatures:
     return Signatures(p=59, accuracy=accuracy, gradient_symmetricity=gs, di_correct=di, di_runnerup=di,
-                      circularity=circ, circularity_b=None, circles=tuple(circles), template_fve=None,
+                      circularity=circ, circularity_b=None, spectral_circularity=circ, circles=tuple(circles), template_fve=None,
                       template_fve_centred=None)
 
 
