@@ -84,7 +84,8 @@ def collection_csv(summaries: Sequence[dict]) -> str:
                      "gradient_symmetricity": c.get("gradient_symmetricity"),
                      "distance_irrelevance": c.get("distance_irrelevance"),
                      "distance_irrelevance_runnerup": c.get("distance_irrelevance_runnerup"),
-                     "circularity": c.get("circularity")})
+                     "circularity": c.get("circularity"),
+                     "spectral_circularity": c.get("spectral_circularity")})
     return _rows_csv(list(rows[0]) if rows else ["path"], rows)
 
 
@@ -160,12 +161,14 @@ def format_table(summary: dict[str, Any]) -> str:
     """The short table `grokscope analyze` prints: task, checkpoints, key frequencies, phases, losses, label."""
     if "models" in summary:
         lines = [f"{len(summary['models'])} models in {summary['source']['path']}"]
-        lines.append(f"  {'model':<28} {'p':>4} {'accuracy':>9} {'GS':>7} {'DI':>7} {'circ.':>7}  label")
+        lines.append(f"  {'model':<28} {'p':>4} {'accuracy':>9} {'GS':>7} {'DI':>7} {'circ.':>7} {'spec.':>7}  "
+                     "label")
         for m in summary["models"]:
             c, final = m.get("classification") or {}, m.get("final") or {}
             lines.append(f"  {Path(m['source']['path']).name[:28]:<28} {m['task']['p']:>4} "
                          f"{_fmt(final.get('accuracy')):>9} {_fmt(c.get('gradient_symmetricity')):>7} "
-                         f"{_fmt(c.get('distance_irrelevance')):>7} {_fmt(c.get('circularity')):>7}  "
+                         f"{_fmt(c.get('distance_irrelevance')):>7} {_fmt(c.get('circularity')):>7} "
+                         f"{_fmt(c.get('spectral_circularity')):>7}  "
                          f"{c.get('label', '-')}" + (f" ({c['reason']})" if c.get("reason") else ""))
     else:
         task, ph, final, c = summary["task"], summary["phases"], summary["final"], summary.get("classification") or {}
@@ -185,7 +188,8 @@ def format_table(summary: dict[str, Any]) -> str:
                  f"{_fmt(final['restricted_loss'])}, excluded {_fmt(final['excluded_loss'])}",
                  f"label        {c.get('label', '-')}" + (f" ({c['reason']})" if c.get("reason") else "")
                  + (f", confidence {_fmt(c.get('confidence'), 2)}, GS {_fmt(c.get('gradient_symmetricity'))}, "
-                    f"DI {_fmt(c.get('distance_irrelevance'))}, circularity {_fmt(c.get('circularity'))}"
+                    f"DI {_fmt(c.get('distance_irrelevance'))}, circularity {_fmt(c.get('circularity'))} "
+                    f"(spectral {_fmt(c.get('spectral_circularity'))})"
                     if c else "")]
     if summary.get("skipped"):
         lines += [f"skipped      {s['path']}: {s['error']}" for s in summary["skipped"][:5]]

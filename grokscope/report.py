@@ -134,7 +134,8 @@ def _label_badge(label: Any) -> str:
 _SIGNATURES = [("gradient_symmetricity", "gradient symmetricity (GS)"),
                ("distance_irrelevance", "distance irrelevance (DI, correct logit)"),
                ("distance_irrelevance_runnerup", "distance irrelevance (runner-up logit)"),
-               ("circularity", "circularity"), ("confidence", "confidence")]
+               ("circularity", "circularity (per component)"),
+               ("spectral_circularity", "spectral circularity"), ("confidence", "confidence")]
 
 
 def _classification(c: Mapping[str, Any]) -> str:
@@ -189,9 +190,9 @@ def _models(models: Sequence[Mapping[str, Any]]) -> str:
         rows.append([(m.get("source") or {}).get("path", m.get("name")), (m.get("task") or {}).get("p"),
                      c.get("label"), c.get("reason"), c.get("gradient_symmetricity"),
                      c.get("distance_irrelevance"), c.get("distance_irrelevance_runnerup"),
-                     c.get("circularity"), final.get("accuracy")])
+                     c.get("circularity"), c.get("spectral_circularity"), final.get("accuracy")])
     return _table(["model", "p", "label", "reason", "GS", "DI", "DI runner-up", "circularity",
-                   "accuracy"], rows)
+                   "spectral circ.", "accuracy"], rows)
 
 
 _SHOWN = {"grokscope_version", "source", "task", "checkpoints", "classification", "key_frequencies", "final",

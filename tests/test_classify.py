@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from test_signatures import TASKS, measured
 
 from grokscope.classify import (DEFAULT, STRICT, Classification, Thresholds, circle_label, classify,
@@ -76,6 +77,44 @@ def test_analytic_networks(task):
     assert (noise.label, noise.reason) == ("uninterpreted", "not generalised")
 
 
+def skewed_clock(task: Task, freqs: list[int], seed: int = 0):
+    """An exact clock whose token circles have nearly equal radii (within 5%), are slightly elliptical
+    and sit in slightly non-orthogonal planes, as in trained multi-frequency clocks; same logits."""
+    n = 2 * len(freqs)
+    gen = torch.Generator().manual_seed(seed)
+    skew = torch.diag(1 + 0.05 * torch.rand(n, generator=gen, dtype=torch.float64))
+    skew = skew + 0.03 * torch.randn(n, n, generator=gen, dtype=torch.float64)
+    return exact_clock_model(task, freqs, embedding_map=skew)
+
+
+def test_a_clock_with_near_equal_circles_is_a_clock():
+    """Five key frequencies of about equal weight, as in [N23]'s p = 113 clock: the principal
+    components interleave the circles, so [Z23]'s per-component circularity falls to 0.39 and the
+    paper's gate would call this exact clock non-circular. The default gate reads the spectral
+    circularity; every circle is found and fits the clock template."""
+    task = Task(p=47)
+    result = classify(skewed_clock(task, [5, 11, 17, 18, 22]), task)
+    sig = result.signatures
+    assert sig.circularity < 0.5 and sig.spectral_circularity > 0.9
+    assert (result.label, result.reason, result.template_vote) == ("clock", None, "clock")
+    assert result.confidence == pytest.approx(1.0)
+    assert sorted((k, label) for _, k, label in result.circle_labels) == [
+        (5, "clock"), (11, "clock"), (17, "clock"), (18, "clock"), (22, "clock")]
+    assert all(c.template_fve["clock"] > 0.999 for c in sig.circles)
+    paper_gate = with_thresholds(result, circularity_measure="paper")
+    assert (paper_gate.label, paper_gate.reason) == ("uninterpreted", "non-circular")
+
+
+@pytest.mark.slow
+def test_a_clock_with_the_key_frequencies_of_nandas_model_is_a_clock():
+    """p = 113 and [N23]'s key frequencies {14, 35, 41, 42, 52}, circles skewed as above."""
+    task = Task(p=113)
+    result = classify(skewed_clock(task, [14, 35, 41, 42, 52]), task, templates=False)
+    assert (result.label, result.reason) == ("clock", None)
+    assert result.signatures.circularity < 0.9 < result.signatures.spectral_circularity
+    assert sorted(c.freq for c in result.signatures.circles if c.is_circle) == [14, 35, 41, 42, 52]
+
+
 # ----- the rules on constructed signatures ---------------------------------------------------------
 
 def circle(index: int, clock: float, pizza: float, variance: float = 0.3, accompanying: float | None = None,
@@ -84,12 +123,14 @@ def circle(index: int, clock: float, pizza: float, variance: float = 0.3, accomp
     if accompanying is not None:
         fve["accompanying"] = accompanying
     return Circle(index=index, components=(2 * index, 2 * index + 1), freq=index + 1, delta=1,
-                  variance=variance, roundness=1.0, purity=1.0, isolated_on="components", is_circle=True, doubles=doubles, template_fve=dict(fve), template_fve_centred=dict(fve))
+                  variance=variance, roundness=1.0, purity=1.0, isolated_on="components", is_circle=True,
+                  doubles=doubles, template_fve=dict(fve), template_fve_centred=dict(fve))
 
 
 def sig(gs=0.99, di=0.2, accuracy=1.0, circ=1.0, circles=()) -> Signatures:
     return Signatures(p=59, accuracy=accuracy, gradient_symmetricity=gs, di_correct=di, di_runnerup=di,
-                      circularity=circ, circularity_b=None, spectral_circularity=circ, circles=tuple(circles), template_fve=None,
+                      circularity=circ, circularity_b=None, spectral_circularity=circ, circles=tuple(circles),
+                      template_fve=None,
                       template_fve_centred=None)
 
 
@@ -110,6 +151,20 @@ def test_rules_at_their_boundaries(gs, di, accuracy, circ, label, reason):
     result = classify_signatures(sig(gs, di, accuracy, circ))
     assert (result.label, result.reason) == (label, reason)
     assert result.template_vote is None and result.circle_labels == ()
+
+
+def test_the_gate_reads_the_chosen_circularity():
+    spectral_only = dataclasses.replace(sig(gs=0.2, di=0.9, circ=0.5), spectral_circularity=0.95)
+    assert classify_signatures(spectral_only).label == "clock"
+    assert classify_signatures(spectral_only, Thresholds(circularity_measure="paper")).reason == "non-circular"
+    assert classify_signatures(spectral_only, STRICT).reason == "non-circular"
+    paper_only = dataclasses.replace(sig(gs=0.2, di=0.9, circ=0.95), spectral_circularity=0.5)
+    assert classify_signatures(paper_only).reason == "non-circular"
+    assert classify_signatures(paper_only, Thresholds(circularity_measure="paper")).label == "clock"
+    assert "gate 0.9 on spectral" in classify_signatures(paper_only).evidence[1]
+    assert "spectral circularity 0.500" in repr(classify_signatures(paper_only))
+    with pytest.raises(GrokscopeError, match="circularity_measure = 'pca'.*one of"):
+        Thresholds(circularity_measure="pca")
 
 
 def test_strict_gate_and_custom_thresholds():

@@ -128,7 +128,8 @@ def test_summary_json_has_every_field_and_agrees_with_the_library(native, librar
         assert summary["phases"][name] == phases[name], name
     c, expected = summary["classification"], result.classification.to_dict()
     assert c["label"] == expected["label"] and c["reason"] == expected["reason"]
-    for name in ("gradient_symmetricity", "distance_irrelevance", "distance_irrelevance_runnerup", "circularity"):
+    for name in ("gradient_symmetricity", "distance_irrelevance", "distance_irrelevance_runnerup", "circularity",
+                 "spectral_circularity"):
         assert close(c[name], expected[name], 1e-9), name
     assert c["thresholds"] == expected["thresholds"]
     assert summary["skipped"] == []
@@ -297,6 +298,8 @@ def test_folder_of_released_models(released_folder):
     rows = read_csv(out / "measures.csv")
     assert len(rows) == 2
     assert {Path(r["path"]).stem.split("_")[1]: r["label"] for r in rows} == {k: v[0] for k, v in RELEASED.items()}
+    for r in rows:  # the generalised released models are clean circles by both measures
+        assert float(r["circularity"]) > 0.99 and float(r["spectral_circularity"]) > 0.99
 
 
 def test_folder_table_lists_each_model(released_folder):

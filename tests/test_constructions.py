@@ -164,3 +164,23 @@ def test_constructions_reject_bad_frequencies(build, freqs):
 def test_constructions_need_addition():
     with pytest.raises(GrokscopeError, match="'mul'"):
         exact_clock_model(Task(p=23, op="mul"), [2])
+
+
+@pytest.mark.parametrize("task", LAYOUTS[:3])
+def test_clock_embedding_map_skews_the_circles_and_keeps_the_logits(task):
+    freqs = [2, 9]
+    skew = torch.tensor([[1.2, 0.3, 0.1, 0.0], [0.0, 0.8, 0.2, 0.1], [0.4, 0.0, 1.0, 0.0],
+                         [0.0, 0.1, 0.3, 0.9]], dtype=torch.float64)
+    plain, mapped = exact_clock_model(task, freqs), exact_clock_model(task, freqs, embedding_map=skew)
+    expected = grid_logits(plain, task)
+    torch.testing.assert_close(grid_logits(mapped, task), expected, atol=1e-4 * expected.abs().max().item(),
+                               rtol=0)
+    circle_dims = [0, 1, 8, 9]
+    torch.testing.assert_close(mapped.W_E[:, circle_dims].double(), plain.W_E[:, circle_dims].double() @ skew,
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("matrix", [torch.ones(4, 4), torch.eye(3), torch.eye(4)[:, :3]])
+def test_clock_embedding_map_must_be_invertible(matrix):
+    with pytest.raises(GrokscopeError, match="embedding_map of shape.*invertible 4 x 4"):
+        exact_clock_model(Task(p=23), [2, 9], embedding_map=matrix)
