@@ -150,7 +150,8 @@ def mean_fraction(pca: EmbeddingPCA, n_components: int = 4) -> float:
     return sum(fractions) / len(fractions) if fractions else 0.0
 
 
-def spectral_circularity(W_rows: Float[Tensor, "p d_model"], n_components: int = 4) -> float:
+def spectral_circularity(W_rows: Float[Tensor, "p d_model"], n_components: int = 4,
+                         pca: EmbeddingPCA | None = None) -> float:
     """Share of the first ``n_components`` principal variance carried by the n/2 strongest frequency
     planes: sum of the n/2 largest ``frequency_shares`` / sum of the n largest PCA variance shares.
 
@@ -167,10 +168,10 @@ def spectral_circularity(W_rows: Float[Tensor, "p d_model"], n_components: int =
     True
     """
     n_planes = max(n_components // 2, 1)
-    variance = torch.linalg.svdvals(W_rows.detach().double() - W_rows.detach().double().mean(dim=0)) ** 2
-    if len(variance) == 0 or variance.sum() <= 0:
+    share = (pca if pca is not None else embedding_pca(W_rows)).share
+    if len(share) == 0:
         return 0.0
-    top_variance = variance[:n_components].sum() / variance.sum()
+    top_variance = share[:n_components].sum()
     shares = frequency_shares(W_rows)
     top_planes = shares.topk(min(n_planes, len(shares))).values.sum()
     return float((top_planes / top_variance).clamp(0.0, 1.0))
@@ -273,17 +274,18 @@ def find_circles(W_rows: Float[Tensor, "p d_model"], n_circles: int = 6,
     rows = W_rows.detach().double()
     p = rows.shape[0]
     pca = pca if pca is not None else embedding_pca(rows)
+    centred = rows - rows.mean(dim=0)
     shares = frequency_shares(rows)
     order = sorted(range(len(shares)), key=lambda i: (-round(float(shares[i]), 9), i))
     chosen = [i + 1 for i in order[:n_circles] if shares[i] > 1e-12]
     best, fractions = component_frequencies(pca, 2 * n_circles)
-    centred_energy = (rows - rows.mean(dim=0)).pow(2).sum()
+    centred_energy = centred.pow(2).sum()
     background = float(shares.median())
     circles: list[Circle] = []
     for index, freq in enumerate(chosen):
         share = float(shares[freq - 1])
-        _, S, Vh = torch.linalg.svd(circle_plane(rows, freq), full_matrices=False)
-        inside = ((rows - rows.mean(dim=0)) @ Vh[:2].T).pow(2).sum() / centred_energy
+        _, S, Vh = torch.linalg.svd(circle_plane(centred, freq), full_matrices=False)
+        inside = (centred @ Vh[:2].T).pow(2).sum() / centred_energy
         roundness = float(S[1] / S[0]) if S[0] > 0 else 0.0
         purity = min(share / max(float(inside), 1e-300), 1.0)
         is_circle = (purity >= MIN_PURITY and roundness >= MIN_ROUNDNESS

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, replace
 
 from grokscope.errors import GrokscopeError
 from grokscope.models import HookedTransformer
-from grokscope.signatures import Circle, Signatures, signatures
+from grokscope.circles import Circle
+from grokscope.signatures import Signatures, signatures
 from grokscope.tasks import Task
 
 LABELS = ("clock", "pizza", "uninterpreted")
@@ -186,25 +187,21 @@ def classify_signatures(sig: Signatures, thresholds: Thresholds | None = None) -
                 f"{sig.n_samples} samples, seed {sig.seed})",
                 f"distance irrelevance {di:.4f} (pizza <= {t.pizza_max_di}, clock >= {t.clock_min_di}); "
                 f"runner-up logit {sig.di_runnerup:.4f}"]
-    circle_labels = []
+    circle_labels, totals = [], {}
     for c in sig.circles:
         label = circle_label(c, t)
         if label is None:
             continue
         circle_labels.append((c.index, c.freq, label))
+        count, variance = totals.get(label, (0, 0.0))
+        totals[label] = (count + 1, variance + c.variance)
         fve = c.template_fve_centred
         extra = f", accompanying {fve['accompanying']:.1%}" if "accompanying" in fve else ""
         evidence.append(f"circle {c.index + 1} (k = {c.freq}, delta = {c.delta}, {c.variance:.1%} of the "
                         f"variance): clock {fve['clock']:.1%}, pizza {fve['pizza']:.1%}{extra} -> {label}")
-    if circle_labels:
-        share = {}
-        for c in sig.circles:
-            label = circle_label(c, t)
-            if label is not None:
-                count, variance = share.get(label, (0, 0.0))
-                share[label] = (count + 1, variance + c.variance)
+    if totals:
         evidence.append("circles: " + ", ".join(f"{count} {label} ({variance:.1%} of the variance)"
-                                                for label, (count, variance) in share.items()))
+                                                for label, (count, variance) in totals.items()))
 
     if sig.accuracy < t.min_accuracy:
         label, reason = "uninterpreted", "not generalised"

@@ -30,9 +30,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from grokscope.circles import (Circle, EmbeddingPCA, circularity, component_frequencies, embedding_pca,
-                               find_circles, frequency_energy, index_step, isolated_plane, mean_fraction,
-                               spectral_circularity)
+from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca, find_circles, isolated_plane,
+                               mean_fraction, spectral_circularity)
 from grokscope.errors import GrokscopeError
 from grokscope.fourier import token_embeddings
 from grokscope.models import HookedTransformer, final_logits
@@ -232,7 +231,7 @@ def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, se
         gradient_symmetricity=gradient_symmetricity(model, task, n_samples=n_samples, seed=seed),
         di_correct=distance_irrelevance(logits, task),
         di_runnerup=distance_irrelevance(logits, task, runner_up=True),
-        circularity=mean_fraction(pca, 4), spectral_circularity=spectral_circularity(rows_a),
+        circularity=mean_fraction(pca, 4), spectral_circularity=spectral_circularity(rows_a, pca=pca),
         circularity_b=circularity(token_embeddings(model, task, "b")) if task.diff_vocab else None,
         circles=tuple(circles), template_fve=_weighted_templates(circles, "template_fve"),
         template_fve_centred=_weighted_templates(circles, "template_fve_centred"),

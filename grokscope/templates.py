@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from grokscope.circles import circle_plane
 from grokscope.errors import GrokscopeError
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.tasks import Task
@@ -114,13 +115,6 @@ class _ReadOut(torch.nn.Module):
         return final_logits(self.model, tokens)
 
 
-def _fourier_projection(rows: Tensor, freq: int) -> Tensor:
-    p = rows.shape[0]
-    angle = 2 * math.pi * freq * torch.arange(p, dtype=torch.float64) / p
-    basis = torch.stack([torch.cos(angle), torch.sin(angle)]) * math.sqrt(2 / p)
-    return basis.T @ (basis @ rows)
-
-
 def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Tensor], freqs: list[int],
                            mean: Float[Tensor, "d_model"]) -> Float[Tensor, "n_circles p p p"]:
     """Grid logits with each circle isolated in the embedding, all circles in one batched forward pass.
@@ -137,7 +131,7 @@ def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Te
         table[:p] = mean + plane
         if task.diff_vocab:
             rows_b = table[p : 2 * p]
-            table[p : 2 * p] = rows_b.mean(0) + _fourier_projection(rows_b - rows_b.mean(0), freq)
+            table[p : 2 * p] = rows_b.mean(0) + circle_plane(rows_b, freq)
         tables.append(table.to(W_E.dtype))
     tokens = torch.cat([task.tokens() + i * W_E.shape[0] for i in range(len(tables))])
     with torch.no_grad():

@@ -114,3 +114,13 @@ def test_released_models_spectral_circularity_and_paper_isolation():
     assert all(c.isolated_on == "components" for c in model_a.circles)
     for run_id in ("dy65ktpiij", "f5dh675z97"):  # did not generalise; neither is clean
         assert measured(run_id)[2].spectral_circularity < 0.9
+
+
+def test_roundness_and_purity_of_known_ellipses():
+    """An ellipse with axes 3 and 1 has roundness 1/3; a plane shared with half a k2 cosine holds
+    k1's energy 2 of 2.25 (purity 8/9, below the 0.9 a circle needs)."""
+    p, x = 31, angles(31)
+    (ellipse,) = find_circles(embedded([3 * torch.cos(4 * x), torch.sin(4 * x)]), n_circles=1)
+    assert (ellipse.roundness, ellipse.purity) == (pytest.approx(1 / 3, abs=1e-9), pytest.approx(1.0, abs=1e-9))
+    shared = find_circles(embedded([torch.cos(4 * x) + 0.5 * torch.cos(9 * x), torch.sin(4 * x)]), n_circles=1)[0]
+    assert shared.freq == 4 and shared.purity == pytest.approx(8 / 9, abs=1e-9) and not shared.is_circle

@@ -12,7 +12,8 @@ from grokscope.classify import (DEFAULT, STRICT, Classification, Thresholds, cir
                                 classify_signatures, with_thresholds)
 from grokscope.constructions import exact_clock_model, exact_pizza_model, random_model
 from grokscope.errors import GrokscopeError
-from grokscope.signatures import Circle, Signatures
+from grokscope.circles import Circle
+from grokscope.signatures import Signatures
 from grokscope.tasks import Task
 
 # SCIENCE.md section 4: id -> (label, reason)

@@ -15,9 +15,8 @@ from grokscope.constructions import exact_clock_model, exact_pizza_model
 from grokscope.errors import GrokscopeError
 from grokscope.formats import pizza
 from grokscope.models import final_logits
-from grokscope.signatures import (circularity, distance_irrelevance, embedding_pca, find_circles,
-                                  frequency_energy, gradient_symmetricity, gs_triples, index_step,
-                                  signatures)
+from grokscope.circles import circularity, embedding_pca, find_circles, frequency_energy, index_step
+from grokscope.signatures import distance_irrelevance, gradient_symmetricity, gs_triples, signatures
 from grokscope.templates import isolated_circle_logits, template_fve
 from grokscope.tasks import Task
 
