@@ -1,7 +1,7 @@
 """How `grokscope analyze` scales with the number of checkpoints: peak memory and workers.
 
 Builds synthetic native runs of N [N23]-size checkpoints (p = 113, d_model 128, 4 heads, d_mlp 512):
-run.json and split.safetensors as ``grokscope.train`` writes them, and N step_*.safetensors files
+run.json and split.safetensors as ``grokscope.training`` writes them, and N step_*.safetensors files
 holding a random model plus a small per-checkpoint drift, so that every checkpoint is really read
 from disk. Then, each in a fresh subprocess:
   (a) ``outputs.analyze_path`` (what the command runs: measures, classification, summary.json,
@@ -30,7 +30,7 @@ import torch
 from grokscope import checkpoints as ck
 from grokscope.constructions import random_model
 from grokscope.models import parameter_state_dict
-from grokscope.train import TrainConfig, run_metadata
+from grokscope.training import TrainConfig, run_metadata
 
 CONFIG = TrainConfig(p=113, d_model=128, n_heads=4, d_mlp=512)
 """The [N23] architecture and split."""
@@ -62,11 +62,11 @@ def _current_rss_mb() -> float:
 
 def child(mode: str, run_dir: str, workers: int, out: str) -> dict:
     """One measurement in this (fresh) process; returns what the parent prints."""
-    from grokscope.analyze import analyze
+    from grokscope.analysis import analyze
     from grokscope.formats import load_run
     from grokscope.outputs import analyze_path
 
-    import grokscope.classify, grokscope.plots, grokscope.report  # noqa: E401,F401  (imports before the baseline)
+    import grokscope.classifier, grokscope.plots, grokscope.report  # noqa: E401,F401  (imports before the baseline)
     baseline = _current_rss_mb()
     start = time.perf_counter()
     if mode == "memory":

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from grokscope.analyze import measure_checkpoint
+from grokscope.analysis import measure_checkpoint
 from grokscope.constructions import random_model
 from grokscope.fourier import fourier_basis
 from grokscope.tasks import Task

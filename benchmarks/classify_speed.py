@@ -1,7 +1,7 @@
 """Seconds per model of ``classify`` and of a per-sample Python-loop gradient-symmetricity baseline.
 
 On the released p = 59 models in tests/fixtures/pizza (or any release folder), in one process:
-  (a) ``grokscope.classify.classify``: every signature and the label. Its work is one forward pass over
+  (a) ``grokscope.classifier.classify``: every signature and the label. Its work is one forward pass over
       the grid (accuracy, DI), one batched forward / backward over the 100 GS samples, one batched
       forward over the grid for all embedding circles (templates);
   (a') ``classify(..., templates=False)``: the same label without the template vote (two passes);
@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from grokscope.classify import classify
+from grokscope.classifier import classify
 from grokscope.formats.pizza import read_folder
-from grokscope.signatures import gradient_symmetricity, gs_triples
+from grokscope.algorithm_signatures import gradient_symmetricity, gs_triples
 
 
 def loop_gradient_symmetricity(model, task, n_samples: int = 100, seed: int = 42) -> float:

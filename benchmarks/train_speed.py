@@ -2,7 +2,7 @@
 
 The network is [N23]'s (p = 113, 30% train: 3830 rows; 1 layer, d_model 128, 4 heads, d_mlp 512):
 
-- grokscope: ``models.final_logits`` on the HookedTransformer (what ``grokscope.train`` runs);
+- grokscope: ``models.final_logits`` on the HookedTransformer (what ``grokscope.training`` runs);
 - plain: a straightforward ``torch.nn.Module`` of the same network written below, with the full
   forward at every position and the logits of the last one;
 - hooked: HookedTransformer's own forward, ``model(tokens)[:, -1]``.
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from grokscope.models import cross_entropy_f64, final_logits
-from grokscope.train import FROZEN_PARAMETERS, TrainConfig
+from grokscope.training import FROZEN_PARAMETERS, TrainConfig
 
 
 class PlainTransformer(nn.Module):

@@ -16,7 +16,7 @@ from pathlib import Path
 import grokscope as gs
 from grokscope.outputs import measures_csv, summary_dict
 from grokscope.report import write_report
-from grokscope.train import summarize
+from grokscope.training import summarize
 
 SETTINGS = {
     "small": dict(p=37, d_model=64, epochs=1500, checkpoint_every=50),

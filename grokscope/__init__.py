@@ -8,8 +8,6 @@ Heavy modules (torch, TransformerLens) load on first use of the names that need 
 """
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
@@ -22,9 +20,9 @@ _LAZY = {
     "build_model": "grokscope.models",
     "set_attention_rate": "grokscope.models",
     "final_logits": "grokscope.models",
-    "TrainConfig": "grokscope.train",
-    "train": "grokscope.train",
-    "PRESETS": "grokscope.train",
+    "TrainConfig": "grokscope.training",
+    "train": "grokscope.training",
+    "PRESETS": "grokscope.training",
     "load_run": "grokscope.formats",
     "load_runs": "grokscope.formats",
     "detect": "grokscope.formats",
@@ -32,17 +30,17 @@ _LAZY = {
     "fourier_basis": "grokscope.fourier",
     "key_frequencies": "grokscope.fourier",
     "progress_measures": "grokscope.measures",
-    "classify": "grokscope.classify",
-    "Classification": "grokscope.classify",
-    "Thresholds": "grokscope.classify",
-    "signatures": "grokscope.signatures",
+    "classify": "grokscope.classifier",
+    "Classification": "grokscope.classifier",
+    "Thresholds": "grokscope.classifier",
+    "signatures": "grokscope.algorithm_signatures",
     "find_phases": "grokscope.phases",
-    "analyze": "grokscope.analyze",
+    "analyze": "grokscope.analysis",
     "exact_clock_model": "grokscope.constructions",
     "exact_pizza_model": "grokscope.constructions",
     "random_model": "grokscope.constructions",
     "analyze_path": "grokscope.outputs",
-    "AnalysisResult": "grokscope.analyze",
+    "AnalysisResult": "grokscope.analysis",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -58,20 +56,3 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
-
-
-# Four public functions share their module's name (gs.train, gs.analyze, gs.classify, and
-# gs.signatures). Importing a submodule normally rebinds the package attribute to the module, which
-# would hide the function; this keeps the function bound instead. The modules stay importable with
-# `from grokscope.classify import ...` and `importlib.import_module("grokscope.classify")`.
-_FUNCTIONS_NAMED_LIKE_MODULES = {"train", "analyze", "classify", "signatures"}
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name, value):
-        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

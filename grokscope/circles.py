@@ -269,7 +269,7 @@ def find_circles(W_rows: Float[Tensor, "p d_model"], n_circles: int = 6,
     of nearly equal radius stay separate even where their principal components interleave. Zero-share
     frequencies are left out; ties in share go to the lower frequency. Model A of [Z23] gives
     delta = 7, 20, 4 (k = 17, 3, 15) and accompanying circles delta = 26, 10, 2 (k = 25, 6, 29 = 2k
-    folded). Templates are filled in by ``grokscope.signatures.signatures``.
+    folded). Templates are filled in by ``grokscope.algorithm_signatures.signatures``.
     """
     rows = W_rows.detach().double()
     p = rows.shape[0]

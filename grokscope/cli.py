@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from grokscope.errors import GrokscopeError
 
 PRESET_NAMES = ("fast", "nanda", "pizza")
-"""Presets offered by ``--preset`` (``grokscope.train.PRESETS``; a test keeps the two in step)."""
+"""Presets offered by ``--preset`` (``grokscope.training.PRESETS``; a test keeps the two in step)."""
 
 
 def _add_train(subparsers) -> None:
@@ -56,7 +56,7 @@ _TRAIN_OVERRIDES = ("seed", "split_seed", "p", "op", "frac", "epochs", "d_model"
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from grokscope.train import TrainConfig, summarize, train
+    from grokscope.training import TrainConfig, summarize, train
 
     overrides = {name: getattr(args, name) for name in _TRAIN_OVERRIDES if getattr(args, name) is not None}
     config = TrainConfig.preset(args.preset, **overrides)
@@ -137,7 +137,7 @@ def _add_classify(subparsers) -> None:
 def _run_classify(args: argparse.Namespace) -> int:
     import json
 
-    from grokscope.classify import classify
+    from grokscope.classifier import classify
     from grokscope.formats import load_run
     from grokscope.outputs import json_safe
 

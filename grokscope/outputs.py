@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope import __version__
-from grokscope.analyze import AnalysisResult
+from grokscope.analysis import AnalysisResult
 from grokscope.checkpoints import atomic_write, json_safe, write_json
 
 MEASURES_FILE, SUMMARY_FILE, REPORT_FILE = "measures.csv", "summary.json", "report.html"
@@ -123,7 +123,7 @@ def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, 
     input that cannot be analysed at all raises GrokscopeError.
     """
     from grokscope import plots
-    from grokscope.analyze import analyze
+    from grokscope.analysis import analyze
     from grokscope.formats import detect, load
     from grokscope.report import write_report
 

@@ -20,7 +20,7 @@ import torch
 from grokscope.fourier import embedding_norms, neuron_frequencies
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.circles import circle_coordinates, find_circles
-from grokscope.signatures import distance_matrix
+from grokscope.algorithm_signatures import distance_matrix
 from grokscope.tasks import Task
 
 

@@ -6,7 +6,7 @@ import pytest
 @pytest.fixture(scope="session")
 def fast_run_dir(tmp_path_factory):
     """A finished native run of ``TrainConfig.preset("fast")`` (it groks); returns its folder."""
-    from grokscope.train import TrainConfig, train
+    from grokscope.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("fast_preset") / "run"
     train(TrainConfig.preset("fast"), out, progress=False)
@@ -16,7 +16,7 @@ def fast_run_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_config():
     """A config that trains in about a second (60 epochs, far from memorising: a plumbing check)."""
-    from grokscope.train import TrainConfig
+    from grokscope.training import TrainConfig
 
     return TrainConfig.preset("fast", p=13, d_model=16, frac=0.5, epochs=60, checkpoint_every=10, log_every=5)
 
@@ -24,7 +24,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory, tiny_config):
     """A finished native run of ``tiny_config``; tests must not modify it (copy it first)."""
-    from grokscope.train import train
+    from grokscope.training import train
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     train(tiny_config, out, progress=False)

@@ -7,7 +7,7 @@ import weakref
 import pytest
 import torch
 
-from grokscope.analyze import AnalysisResult, analyze, assemble_table, measure_checkpoint
+from grokscope.analysis import AnalysisResult, analyze, assemble_table, measure_checkpoint
 from grokscope.constructions import exact_clock_model, random_model
 from grokscope.errors import GrokscopeError
 from grokscope.formats.base import Run

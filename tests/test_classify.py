@@ -8,12 +8,12 @@ import pytest
 import torch
 from test_signatures import TASKS, measured
 
-from grokscope.classify import (DEFAULT, STRICT, Classification, Thresholds, circle_label, classify,
+from grokscope.classifier import (DEFAULT, STRICT, Classification, Thresholds, circle_label, classify,
                                 classify_signatures, with_thresholds)
 from grokscope.constructions import exact_clock_model, exact_pizza_model, random_model
 from grokscope.errors import GrokscopeError
 from grokscope.circles import Circle
-from grokscope.signatures import Signatures
+from grokscope.algorithm_signatures import Signatures
 from grokscope.tasks import Task
 
 # SCIENCE.md section 4: id -> (label, reason)

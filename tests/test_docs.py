@@ -57,9 +57,9 @@ def test_api_reference_renders_module(site, module):
     assert f'id="grokscope.{module}"' in page
 
 
-@pytest.mark.parametrize("name", ["grokscope.measures.progress_measures", "grokscope.analyze.analyze",
-                                  "grokscope.classify.classify", "grokscope.fourier.key_frequencies",
-                                  "grokscope.formats.load_run", "grokscope.train.TrainConfig"])
+@pytest.mark.parametrize("name", ["grokscope.measures.progress_measures", "grokscope.analysis.analyze",
+                                  "grokscope.classifier.classify", "grokscope.fourier.key_frequencies",
+                                  "grokscope.formats.load_run", "grokscope.training.TrainConfig"])
 def test_api_reference_renders_public_names(site, name):
     assert f'id="{name}"' in (site / "api" / "index.html").read_text()
 

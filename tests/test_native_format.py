@@ -69,7 +69,7 @@ def test_read_from_the_checkpoints_folder_or_one_file(tiny_run_dir):
 
 
 def test_a_pizza_style_run_keeps_its_attention_rate(tmp_path, tiny_config):
-    from grokscope.train import train
+    from grokscope.training import train
 
     config = tiny_config.replace(eq_token=False, alpha=0.25, epochs=3)
     run = native.read(train(config, tmp_path / "run", progress=False).source)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.analyze import AnalysisResult
-from grokscope.classify import classify
+from grokscope.analysis import AnalysisResult
+from grokscope.classifier import classify
 from grokscope.constructions import exact_clock_model
 from grokscope.fourier import KeyFrequencies
 from grokscope.outputs import (collection_csv, collection_summary, default_out_dir, format_table, json_safe,

@@ -16,7 +16,7 @@ from grokscope.errors import GrokscopeError
 from grokscope.formats import pizza
 from grokscope.models import final_logits
 from grokscope.circles import circularity, embedding_pca, find_circles, frequency_energy, index_step
-from grokscope.signatures import distance_irrelevance, gradient_symmetricity, gs_triples, signatures
+from grokscope.algorithm_signatures import distance_irrelevance, gradient_symmetricity, gs_triples, signatures
 from grokscope.templates import isolated_circle_logits, template_fve
 from grokscope.tasks import Task
 

@@ -18,7 +18,7 @@ from grokscope import checkpoints as ck
 from grokscope.cli import PRESET_NAMES, main
 from grokscope.errors import GrokscopeError
 from grokscope.models import build_model, cross_entropy_f64
-from grokscope.train import PRESETS, GrokfastEMA, TrainConfig, summarize, train
+from grokscope.training import PRESETS, GrokfastEMA, TrainConfig, summarize, train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Reader of grokscope's own run format (written by ``grokscope.train``; layout in ``grokscope.checkpoints``).
+"""Reader of grokscope's own run format (written by ``grokscope.training``; layout in ``grokscope.checkpoints``).
 
 Accepted paths: the run folder (it holds run.json), its ``checkpoints`` folder, or one
 ``step_XXXXXXX.safetensors`` inside it (then the Run has that checkpoint only). Checkpoints load

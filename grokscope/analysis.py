@@ -201,7 +201,7 @@ def _final_model(run) -> tuple[HookedTransformer | None, int | None]:
 
 def _auto_classifier() -> Callable | None:
     try:
-        return importlib.import_module("grokscope.classify").classify
+        return importlib.import_module("grokscope.classifier").classify
     except (ImportError, AttributeError):
         return None
 
@@ -220,7 +220,7 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
         rule: the key-frequency rule ("A", "B" or "C", see ``fourier.key_frequencies``).
         progress: draw a progress bar on stderr (only on a terminal).
         classify: a callable (model, task) -> anything, run on the final checkpoint; "auto" uses
-            ``grokscope.classify.classify`` when that module is present; None skips it.
+            ``grokscope.classifier.classify`` when that module is present; None skips it.
         inspect_final: name -> callable (model, task) run on the final checkpoint while it is loaded;
             results in ``AnalysisResult.final_extras`` (GrokscopeError becomes a note).
         views: also keep the final checkpoint's ``views.model_views`` (Fourier norms, neuron

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from grokscope.errors import GrokscopeError
 from grokscope.models import HookedTransformer
 from grokscope.circles import Circle
-from grokscope.signatures import Signatures, signatures
+from grokscope.algorithm_signatures import Signatures, signatures
 from grokscope.tasks import Task
 
 LABELS = ("clock", "pizza", "uninterpreted")
@@ -92,7 +92,7 @@ class Classification:
         label: "clock", "pizza" or "uninterpreted".
         reason: None for clock / pizza, else "not generalised", "non-circular" or "mixed".
         confidence: in [0, 1], lowered when the template vote disagrees with the GS / DI vote.
-        signatures: every measured value (``grokscope.signatures.Signatures``).
+        signatures: every measured value (``grokscope.algorithm_signatures.Signatures``).
         thresholds: the ``Thresholds`` applied.
         template_vote: "clock", "pizza", "neutral" or None (no circle to compare templates on).
         template_margin: the weighted mean of (pizza - clock) centred template FVE over the circles.
