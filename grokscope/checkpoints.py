@@ -184,10 +184,14 @@ def save_resume(path: Path, step: int, model, optimizer, trainable: dict, grokfa
 
     ``trainable`` maps names to the optimiser's parameters; ``grokfast`` is None or has a ``mu`` dict.
     """
-    tensors = {f"param.{name}": param for name, param in model.named_parameters()}
+    from grokscope import backend
+
+    # parameters and AdamW moments in the weight format, so either TransformerLens line resumes the file
+    tensors = {f"param.{name}": param for name, param in backend.weights(model).items()}
     for name, param in trainable.items():
         for key, value in optimizer.state.get(param, {}).items():
-            tensors[f"adam.{key}.{name}"] = value
+            moment = value.shape == param.shape and value.ndim > 0
+            tensors[f"adam.{key}.{name}"] = backend.to_hooked(name, value, model.cfg) if moment else value
     if grokfast is not None:
         tensors.update({f"grokfast.{name}": mu for name, mu in grokfast.mu.items()})
     save_tensors(path, tensors, metadata={"step": str(step), "elapsed_s": repr(elapsed)})
@@ -200,18 +204,23 @@ def load_resume(path: Path, model, optimizer, trainable: dict, grokfast) -> tupl
     """
     import torch
 
+    from grokscope import backend
+
     tensors, metadata = load_tensors(path)
-    params = dict(model.named_parameters())
+    params = backend.weights(model)
     names = {key.removeprefix("param.") for key in tensors if key.startswith("param.")}
-    if names != set(params) or "step" not in metadata:
+    if names != set(params) or "step" not in metadata or any(
+            tensors[f"param.{name}"].shape != tensor.shape for name, tensor in params.items()):
         raise GrokscopeError(f"parameters {sorted(names)[:4]}...", expected="this run's model and a step",
                              where=str(path))
     with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(tensors[f"param.{name}"])
+        for name, tensor in params.items():
+            tensor.copy_(tensors[f"param.{name}"])
     for name, param in trainable.items():
         state = {key.split(".")[1]: value for key, value in tensors.items()
                  if key.startswith("adam.") and key.split(".", 2)[2] == name}
+        state = {key: backend.from_hooked(name, value, model.cfg) if value.ndim > 0 else value
+                 for key, value in state.items()}
         if state:
             optimizer.state[param] = state
     if grokfast is not None:

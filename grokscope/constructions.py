@@ -46,11 +46,13 @@ True
 """
 
 import math
+from types import SimpleNamespace
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from grokscope import backend
 from grokscope.errors import GrokscopeError
 from grokscope.models import HookedTransformer, build_model, nanda_config, pizza_config
 from grokscope.tasks import Task
@@ -75,11 +77,12 @@ def _angles(p: int, k: int) -> Float[Tensor, "p"]:
 
 def _set_embeddings(model: HookedTransformer, task: Task, circle_dims: list[tuple[int, int, int]]) -> None:
     """Write the token circle (cos w t, sin w t) into the given dims for a's and b's token ids."""
+    W_E = backend.weights(model)["embed.W_E"]
     for k, cos_dim, sin_dim in circle_dims:
         angle = _angles(task.p, k).float()
         for start in {0, task.b_offset}:
-            model.W_E[start:start + task.p, cos_dim] = torch.cos(angle)
-            model.W_E[start:start + task.p, sin_dim] = torch.sin(angle)
+            W_E[start:start + task.p, cos_dim] = torch.cos(angle)
+            W_E[start:start + task.p, sin_dim] = torch.sin(angle)
 
 
 def _min_gap(p: int, freqs: list[int]) -> float:
@@ -138,9 +141,10 @@ def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin
     phi, psi = phase.repeat_interleave(p), phase.repeat(p)  # neuron (i, j) -> index i*p + j
     with torch.no_grad():
         _set_embeddings(model, task, [(k, 8 * f, 8 * f + 1) for f, k in enumerate(freqs)])
-        model.W_pos[:, d_pos:] = torch.eye(task.n_ctx)
-        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
-        score = gap * cfg.attn_scale
+        W = backend.weights(model)
+        W["pos_embed.W_pos"][:, d_pos:] = torch.eye(task.n_ctx)
+        attn, mlp = _layer(W, 0)
+        score = gap * backend.attention_scale(cfg)
         for head, source in ((0, 0), (1, 1)):
             attn.W_Q[head, d_pos:, 0] = 1.0
             attn.W_K[head, d_pos + source, 0] = score
@@ -159,8 +163,8 @@ def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin
             mlp.W_out[neurons, out] = (gain * torch.cos(phi + psi)).float()
             mlp.W_out[neurons, out + 1] = (gain * torch.sin(phi + psi)).float()
             angle = _angles(p, k)
-            model.W_U[out, :p] = (lam / gain * torch.cos(angle)).float()
-            model.W_U[out + 1, :p] = (lam / gain * torch.sin(angle)).float()
+            W["unembed.W_U"][out, :p] = (lam / gain * torch.cos(angle)).float()
+            W["unembed.W_U"][out + 1, :p] = (lam / gain * torch.sin(angle)).float()
         if embedding_map is not None:
             _map_token_circles(model, [d for f in range(nk) for d in (8 * f, 8 * f + 1)], embedding_map)
     return model
@@ -174,8 +178,9 @@ def _map_token_circles(model: HookedTransformer, dims: list[int], matrix: Tensor
                              f"{int(torch.linalg.matrix_rank(A)) if A.ndim == 2 else 0})",
                              expected=f"an invertible {len(dims)} x {len(dims)} matrix (2 per frequency)",
                              where="exact_clock_model")
-    W_V = model.blocks[0].attn.W_V
-    model.W_E[:, dims] = (model.W_E[:, dims].double() @ A).float()
+    W = backend.weights(model)
+    W_V, W_E = W["blocks.0.attn.W_V"], W["embed.W_E"]
+    W_E[:, dims] = (W_E[:, dims].double() @ A).float()
     for head in range(W_V.shape[0]):
         W_V[head, dims] = torch.linalg.solve(A, W_V[head, dims].double()).float()
 
@@ -225,7 +230,8 @@ def exact_pizza_model(task: Task, freqs: list[int], *, n_phases: int | None = No
     model = _blank(cfg, alpha=0.0)
     with torch.no_grad():
         _set_embeddings(model, task, [(k, 6 * f, 6 * f + 1) for f, k in enumerate(freqs)])
-        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+        W = backend.weights(model)
+        attn, mlp = _layer(W, 0)
         for f, k in enumerate(freqs):
             tok, total, out = 6 * f, 6 * f + 2, 6 * f + 4
             for i in range(2):
@@ -237,9 +243,17 @@ def exact_pizza_model(task: Task, freqs: list[int], *, n_phases: int | None = No
             mlp.W_out[neurons, out] = (gain * torch.cos(2 * phases)).float()
             mlp.W_out[neurons, out + 1] = (gain * torch.sin(2 * phases)).float()
             angle = _angles(p, k)
-            model.W_U[out, :p] = (lam / gain * torch.cos(angle)).float()
-            model.W_U[out + 1, :p] = (lam / gain * torch.sin(angle)).float()
+            W["unembed.W_U"][out, :p] = (lam / gain * torch.cos(angle)).float()
+            W["unembed.W_U"][out + 1, :p] = (lam / gain * torch.sin(angle)).float()
     return model
+
+
+def _layer(W: dict[str, Tensor], layer: int) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """Layer ``layer``'s attention and MLP weights as attributes (``attn.W_Q``, ``mlp.W_in``, ...): views,
+    so writing into them writes the model."""
+    def part(prefix: str) -> SimpleNamespace:
+        return SimpleNamespace(**{k[len(prefix):]: v for k, v in W.items() if k.startswith(prefix)})
+    return part(f"blocks.{layer}.attn."), part(f"blocks.{layer}.mlp.")
 
 
 def _blank(cfg, alpha: float) -> HookedTransformer:
@@ -247,8 +261,8 @@ def _blank(cfg, alpha: float) -> HookedTransformer:
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg, alpha)
     with torch.no_grad():
-        for param in model.parameters():
-            param.zero_()
+        for tensor in backend.weights(model).values():
+            tensor.zero_()
     return model
 
 
@@ -264,10 +278,8 @@ def random_model(task: Task, seed: int = 0, *, alpha: float = 1.0, **config) -> 
     """
     make = nanda_config if task.eq_token else pizza_config
     cfg = make(task, **config)
-    model = _blank(cfg, alpha)
     generator = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not name.split(".")[-1].startswith("b_"):
-                param.copy_(torch.randn(param.shape, generator=generator) * cfg.initializer_range)
-    return model
+    state = {name: torch.zeros(shape) if name.split(".")[-1].startswith("b_")
+             else torch.randn(shape, generator=generator) * cfg.initializer_range
+             for name, shape in backend.hooked_shapes(cfg).items()}
+    return build_model(cfg, alpha, state)

@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from grokscope import backend
 from grokscope.errors import GrokscopeError
 from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, component_norms, fourier_basis,
                                key_directions, neuron_logit_map, token_embeddings)
@@ -196,7 +197,7 @@ def weight_measures(model: HookedTransformer, task: Task, basis: FourierBasis | 
     """sum_sq_weights (every parameter), gini_W_E and gini_W_L over the p - 1 non-constant components."""
     basis = fourier_basis(task.p) if basis is None else basis
     with torch.no_grad():
-        sum_sq = sum(float(param.detach().double().square().sum()) for param in model.parameters())
+        sum_sq = sum(float(t.detach().double().square().sum()) for t in backend.weights(model).values())
         nonconst = basis.nonconstant_rows()
         norms_e = component_norms(token_embeddings(model, task, "a"), basis)[nonconst]
         norms_l = component_norms(neuron_logit_map(model, task).T, basis)[nonconst]

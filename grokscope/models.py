@@ -1,15 +1,20 @@
-"""HookedTransformer configs and builders for modular arithmetic, the attention rate, and a fast path.
+"""Model configs and builders for modular arithmetic, the attention rate, and a fast path.
 
 Two recipes (SCIENCE.md section 5):
 - [N23] Nanda et al. 2023: 1 layer, d_model 128, 4 heads of 32, d_mlp 512, ReLU, no LayerNorm, learned
   positions, tokens [a, b, =], causal attention.
 - [Z23] Zhong et al. 2023: the same shapes, tokens [a, b], no causal mask, attention rate alpha.
 
+Models are TransformerLens models of the installed line (``grokscope.backend``): a HookedTransformer on
+TransformerLens 3.x, a TransformerBridge on 4.x, built from the one weight format (HookedTransformer
+names and shapes). grokscope draws the initial weights itself (``initial_state``), so a seed gives
+the same model on both lines.
+
 The attention rate alpha ([Z23]) replaces every attention pattern by
 ``alpha * softmax(scores) + (1 - alpha)``: alpha = 1 is a standard transformer, alpha = 0 constant
 attention (every entry one). It is a permanent hook on ``blocks.{l}.attn.hook_pattern``.
 
-``final_logits`` computes the read-out logits straight from the HookedTransformer's parameters,
+``final_logits`` computes the read-out logits straight from the model's weights (``backend.weights``),
 skipping the work the read-out does not need (queries and the last MLP at other positions). It is
 exactly the model's function at the last position, and gradients flow into the model's parameters.
 
@@ -21,24 +26,26 @@ exactly the model's function at the last position, and gradients flow into the m
 torch.Size([529, 23])
 """
 
-import warnings
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from grokscope import backend
 from grokscope.errors import GrokscopeError
 from grokscope.tasks import Task
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+HookedTransformer = backend.Model
+"""The model class of the installed TransformerLens line (HookedTransformer, or TransformerBridge on 4.x)."""
+HookedTransformerConfig = backend.ModelConfig
+"""Its config class (HookedTransformerConfig, or TransformerBridgeConfig on 4.x)."""
 
 ATTENTION_RATE_ATTR = "grokscope_attention_rate"
-"""Attribute on a HookedTransformer that records the attention rate its hooks apply."""
+"""Attribute on a model that records the attention rate its hooks apply."""
 
-SUPPORTED_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu")
+SUPPORTED_ACTIVATIONS = backend.ACTIVATIONS
+"""Activations the installed line implements (gelu_fast only on TransformerLens 3.x)."""
 
 
 def nanda_config(task: Task, *, n_layers: int = 1, d_model: int = 128, n_heads: int = 4,
@@ -50,20 +57,19 @@ def nanda_config(task: Task, *, n_layers: int = 1, d_model: int = 128, n_heads: 
     """
     act_fn = act_fn.lower()
     if act_fn not in SUPPORTED_ACTIVATIONS:
-        raise GrokscopeError(f"act_fn {act_fn!r}", expected=f"one of {SUPPORTED_ACTIVATIONS}",
-                             where="nanda_config")
+        raise backend.unsupported_activation(act_fn, where="nanda_config")
     if d_head is None:
         if d_model % n_heads:
             raise GrokscopeError(f"d_model = {d_model} with n_heads = {n_heads}",
                                  expected="d_model divisible by n_heads, or an explicit d_head",
                                  where="nanda_config")
         d_head = d_model // n_heads
-    return HookedTransformerConfig(
+    return backend.make_config(
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head,
         d_mlp=4 * d_model if d_mlp is None else d_mlp, act_fn=act_fn,
         d_vocab=task.d_vocab, d_vocab_out=task.d_vocab_out, n_ctx=task.n_ctx,
         normalization_type=None, positional_embedding_type="standard", attention_dir=attention_dir,
-        seed=seed, device="cpu", default_prepend_bos=False,
+        seed=seed,
     )
 
 
@@ -100,29 +106,46 @@ def attention_rate(model: HookedTransformer) -> float:
     return float(getattr(model, ATTENTION_RATE_ATTR, 1.0))
 
 
+def initial_state(cfg: HookedTransformerConfig) -> dict[str, Tensor]:
+    """grokscope's initial weights for ``cfg``: every ``W_`` tensor N(0, initializer_range^2), every bias zero.
+
+    Drawn in HookedTransformer's parameter order from a generator seeded with ``cfg.seed`` (the global
+    RNG where the seed is None): TransformerLens 3.x's "gpt2" initialisation, on either line.
+
+    >>> from grokscope.tasks import Task
+    >>> cfg = nanda_config(Task(p=23), d_model=16, seed=1)
+    >>> first, again = initial_state(cfg), initial_state(cfg)
+    >>> torch.equal(first["embed.W_E"], again["embed.W_E"]), float(first["unembed.b_U"].abs().sum())
+    (True, 0.0)
+    """
+    generator = None if cfg.seed is None else torch.Generator().manual_seed(int(cfg.seed))
+    dtype = cfg.dtype or torch.float32
+    state = {}
+    for name, shape in backend.hooked_shapes(cfg).items():
+        tensor = torch.zeros(shape, dtype=dtype)
+        if "W_" in name:
+            tensor.normal_(0.0, cfg.initializer_range, generator=generator)
+        state[name] = tensor
+    return state
+
+
 def build_model(cfg: HookedTransformerConfig, alpha: float = 1.0,
                 state_dict: dict[str, Tensor] | None = None) -> HookedTransformer:
-    """A HookedTransformer from ``cfg`` with attention rate ``alpha``, optionally loading weights.
+    """A model of ``cfg`` (the installed TransformerLens line's class) with attention rate ``alpha``,
+    loading ``state_dict`` (weight-format names) or else ``initial_state(cfg)``.
 
-    Attention and unembedding biases stay zero unless ``state_dict`` sets them (the recipes train
+    Attention and unembedding biases are zero unless ``state_dict`` sets them (the recipes train
     only MLP biases).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = HookedTransformer(cfg)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(("b_Q", "b_K", "b_V", "b_O")) or name == "unembed.b_U":
-                param.zero_()
-    if state_dict is not None:
-        load_weights(model, state_dict)
+    model = backend.new_model(cfg)
+    load_weights(model, initial_state(cfg) if state_dict is None else state_dict)
     model.eval()
     return set_attention_rate(model, alpha)
 
 
 def load_weights(model: HookedTransformer, state_dict: dict[str, Tensor]) -> None:
-    """Load a HookedTransformer state dict, naming missing, unexpected or mis-shaped tensors."""
-    expected = {k: v for k, v in model.state_dict().items() if not _is_buffer_name(k)}
+    """Load a state dict in the weight format, naming missing, unexpected or mis-shaped tensors."""
+    expected = backend.hooked_shapes(model.cfg)
     given = {k: v for k, v in state_dict.items() if not _is_buffer_name(k)}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
@@ -131,10 +154,12 @@ def load_weights(model: HookedTransformer, state_dict: dict[str, Tensor]) -> Non
                              expected="the HookedTransformer parameter names of the config",
                              where="load_weights")
     for name, tensor in given.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
+        if tuple(tensor.shape) != tuple(expected[name]):
             raise GrokscopeError(f"{name} of shape {tuple(tensor.shape)}",
-                                 expected=f"shape {tuple(expected[name].shape)}", where="load_weights")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in given.items()}, strict=False)
+                                 expected=f"shape {tuple(expected[name])}", where="load_weights")
+    dtype = model.W_E.dtype
+    with torch.no_grad():
+        backend.load_state(model, {k: v.detach().to(dtype) for k, v in given.items()})
 
 
 def _is_buffer_name(name: str) -> bool:
@@ -142,38 +167,39 @@ def _is_buffer_name(name: str) -> bool:
 
 
 def parameter_state_dict(model: HookedTransformer) -> dict[str, Tensor]:
-    """The model's parameters by HookedTransformer name, without buffers, detached and contiguous."""
-    return {name: param.detach().contiguous().clone() for name, param in model.named_parameters()}
+    """The model's weights by HookedTransformer name and shape (``unembed.b_U`` included on both
+    lines), without buffers, detached and contiguous."""
+    return {name: tensor.detach().contiguous().clone() for name, tensor in backend.weights(model).items()}
 
 
 def final_logits(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
-                 return_post: bool = False
+                 return_post: bool = False, weights: dict[str, Tensor] | None = None
                  ) -> Float[Tensor, "batch d_vocab_out"] | tuple[Tensor, Tensor]:
-    """Logits at the last position, computed directly from ``model``'s parameters.
+    """Logits at the last position, computed directly from ``model``'s weights.
 
     Equal to ``model(tokens)[:, -1]`` (attention rate included) for the no-LayerNorm models grokscope
     builds, but the last layer computes queries, attention and its MLP only at the read-out position.
     With ``return_post`` also returns the last layer's MLP activations at that position
-    (``blocks.{L-1}.mlp.hook_post[:, -1]``, shape batch x d_mlp).
+    (``blocks.{L-1}.mlp.hook_post[:, -1]``, shape batch x d_mlp). ``weights`` replaces some of the
+    model's tensors by weight-format name (e.g. ``{"embed.W_E": table}``) without touching the model.
     """
     cfg = model.cfg
-    if cfg.normalization_type is not None or cfg.positional_embedding_type != "standard" or cfg.attn_only:
-        raise GrokscopeError(
-            f"normalization_type={cfg.normalization_type}, positional_embedding_type="
-            f"{cfg.positional_embedding_type}, attn_only={cfg.attn_only}",
-            expected="a model without LayerNorm, with learned positions and MLPs", where="final_logits")
+    backend.check_architecture(cfg, where="final_logits")
+    W = backend.weights(model)
+    W.update(weights or {})
+    act_fn = backend.activation(model)
     alpha = attention_rate(model)
     n_pos = tokens.shape[1]
-    resid = model.embed.W_E[tokens] + model.pos_embed.W_pos[:n_pos]
-    scale = cfg.attn_scale if cfg.use_attn_scale else 1.0
+    resid = W["embed.W_E"][tokens] + W["pos_embed.W_pos"][:n_pos]
+    scale = backend.attention_scale(cfg)
     post = None
-    for layer, block in enumerate(model.blocks):
+    for layer in range(cfg.n_layers):
         last = layer == cfg.n_layers - 1
-        attn, mlp = block.attn, block.mlp
+        a, m = f"blocks.{layer}.attn.", f"blocks.{layer}.mlp."
         queries_from = resid[:, -1:] if last else resid
-        q = torch.einsum("bqd,hde->bhqe", queries_from, attn.W_Q) + attn.b_Q[None, :, None]
-        k = torch.einsum("bkd,hde->bhke", resid, attn.W_K) + attn.b_K[None, :, None]
-        v = torch.einsum("bkd,hde->bhke", resid, attn.W_V) + attn.b_V[None, :, None]
+        q = torch.einsum("bqd,hde->bhqe", queries_from, W[a + "W_Q"]) + W[a + "b_Q"][None, :, None]
+        k = torch.einsum("bkd,hde->bhke", resid, W[a + "W_K"]) + W[a + "b_K"][None, :, None]
+        v = torch.einsum("bkd,hde->bhke", resid, W[a + "W_V"]) + W[a + "b_V"][None, :, None]
         scores = q @ k.transpose(-1, -2) / scale
         if cfg.attention_dir == "causal" and not last:
             causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
@@ -182,15 +208,15 @@ def final_logits(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
         if alpha != 1.0:
             pattern = alpha * pattern + (1.0 - alpha)
         z = pattern @ v
-        attn_out = torch.einsum("bhqe,hed->bqd", z, attn.W_O) + attn.b_O
+        attn_out = torch.einsum("bhqe,hed->bqd", z, W[a + "W_O"]) + W[a + "b_O"]
         if last:
             resid = resid[:, -1] + attn_out[:, 0]
-            post = mlp.act_fn(resid @ mlp.W_in + mlp.b_in)
-            resid = resid + post @ mlp.W_out + mlp.b_out
+            post = act_fn(resid @ W[m + "W_in"] + W[m + "b_in"])
+            resid = resid + post @ W[m + "W_out"] + W[m + "b_out"]
         else:
             resid = resid + attn_out
-            resid = resid + mlp.act_fn(resid @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
-    logits = resid @ model.unembed.W_U + model.unembed.b_U
+            resid = resid + act_fn(resid @ W[m + "W_in"] + W[m + "b_in"]) @ W[m + "W_out"] + W[m + "b_out"]
+    logits = resid @ W["unembed.W_U"] + W["unembed.b_U"]
     return (logits, post) if return_post else logits
 
 
@@ -201,5 +227,5 @@ def cross_entropy_f64(logits: Float[Tensor, "batch n_classes"], labels: Int[Tens
 
 
 def count_parameters(model: HookedTransformer) -> int:
-    """Number of trainable scalars."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of scalars in the weight format (``unembed.b_U`` included on both lines)."""
+    return sum(t.numel() for t in backend.weights(model).values())

@@ -104,17 +104,6 @@ def circle_fve(logits: Float[Tensor, "p p p"], freq: int, base_freq: int | None 
     return paper, centred, phase
 
 
-class _ReadOut(torch.nn.Module):
-    """Wraps a model so ``torch.func.functional_call`` can swap its W_E under ``final_logits``."""
-
-    def __init__(self, model: HookedTransformer):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return final_logits(self.model, tokens)
-
-
 def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Tensor], freqs: list[int],
                            mean: Float[Tensor, "d_model"]) -> Float[Tensor, "n_circles p p p"]:
     """Grid logits with each circle isolated in the embedding, all circles in one batched forward pass.
@@ -122,7 +111,7 @@ def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Te
     ``planes[i]`` (p, d_model) is the operand-a rows' projection on circle i (scores @ components),
     ``mean`` the mean a row. With diff_vocab the b rows become their mean plus their own Fourier
     component at ``freqs[i]``; other rows (``=``) are kept. The model is not modified: the stacked
-    embedding tables are passed through ``torch.func.functional_call``.
+    embedding tables replace W_E inside ``final_logits`` only.
     """
     p, W_E = task.p, model.W_E.detach()
     tables = []
@@ -135,5 +124,5 @@ def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Te
         tables.append(table.to(W_E.dtype))
     tokens = torch.cat([task.tokens() + i * W_E.shape[0] for i in range(len(tables))])
     with torch.no_grad():
-        logits = torch.func.functional_call(_ReadOut(model), {"model.embed.W_E": torch.cat(tables)}, (tokens,))
+        logits = final_logits(model, tokens, weights={"embed.W_E": torch.cat(tables)})
     return logits[:, :p].reshape(len(tables), p, p, p)

@@ -37,6 +37,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 import grokscope
+from grokscope import backend
 from grokscope import checkpoints as ck
 from grokscope.errors import GrokscopeError
 from grokscope.formats import native
@@ -341,7 +342,7 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run
     model = config.init_model()
     model.train()
     trainable = {}
-    for name, param in model.named_parameters():
+    for name, param in backend.parameters(model).items():  # weight-format names on either line
         if name.endswith(FROZEN_PARAMETERS):
             param.requires_grad_(False)
         else:

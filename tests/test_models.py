@@ -1,10 +1,11 @@
-"""Models: the fast read-out path equals HookedTransformer's own forward; the attention rate."""
+"""Models: the fast read-out path equals the TransformerLens model's own forward; the attention rate."""
 
 import math
 
 import pytest
 import torch
 
+from grokscope import backend
 from grokscope.errors import GrokscopeError
 from grokscope.models import (attention_rate, build_model, cross_entropy_f64, final_logits, load_weights,
                               nanda_config, parameter_state_dict, pizza_config, set_attention_rate)
@@ -15,13 +16,12 @@ def _float64_model(n_layers, act_fn, attention_dir, alpha, eq_token=True, seed=0
     task = Task(p=11, eq_token=eq_token)
     cfg = nanda_config(task, n_layers=n_layers, d_model=32, n_heads=4, act_fn=act_fn, seed=seed,
                        attention_dir=attention_dir)
-    model = build_model(cfg, alpha)
-    with torch.no_grad():  # non-zero biases, so that every term of the forward is exercised
-        generator = torch.Generator().manual_seed(seed + 1)
-        for name, param in model.named_parameters():
-            if name.split(".")[-1].startswith("b_"):
-                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-    return model.to(torch.float64), task
+    state = parameter_state_dict(build_model(cfg, alpha))
+    generator = torch.Generator().manual_seed(seed + 1)
+    for name, tensor in state.items():  # non-zero biases, so that every term of the forward is exercised
+        if name.split(".")[-1].startswith("b_"):
+            state[name] = 0.1 * torch.randn(tensor.shape, generator=generator)
+    return backend.to_dtype(build_model(cfg, alpha, state), torch.float64), task
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
@@ -47,10 +47,12 @@ def test_final_logits_gradients_equal_the_full_forward(eq_token):
     model, task = _float64_model(2, "relu", "causal" if eq_token else "bidirectional", 0.3, eq_token=eq_token)
     tokens, labels = task.tokens(), task.labels()
     cross_entropy_f64(model(tokens)[:, -1], labels).backward()
-    expected = {name: param.grad.clone() for name, param in model.named_parameters()}
+    params = backend.parameters(model)
+    assert len(params) >= 14  # every weight and bias of both layers (the bridge's b_U is a fixed buffer)
+    expected = {name: param.grad.clone() for name, param in params.items()}
     model.zero_grad()
     cross_entropy_f64(final_logits(model, tokens), labels).backward()
-    for name, param in model.named_parameters():
+    for name, param in params.items():
         torch.testing.assert_close(param.grad, expected[name], rtol=0, atol=1e-10, msg=name)
 
 
@@ -87,10 +89,11 @@ def test_bad_attention_rate_is_refused(alpha):
 def test_nanda_shapes_and_zero_biases():
     task = Task(p=113)
     model = build_model(nanda_config(task, seed=0))
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    state = parameter_state_dict(model)
+    shapes = {name: tuple(p.shape) for name, p in state.items()}
     assert shapes["embed.W_E"] == (114, 128) and shapes["unembed.W_U"] == (128, 113)
     assert shapes["blocks.0.attn.W_Q"] == (4, 128, 32) and shapes["blocks.0.mlp.W_in"] == (128, 512)
-    for name, param in model.named_parameters():
+    for name, param in state.items():
         if name.endswith(("b_Q", "b_K", "b_V", "b_O", "b_U")):
             assert torch.count_nonzero(param) == 0, name
     assert not any(name.endswith(("mask", "IGNORE")) for name in parameter_state_dict(model))
@@ -101,8 +104,9 @@ def test_same_seed_same_init_and_state_dict_round_trip():
     first = build_model(nanda_config(task, d_model=16, seed=4))
     second = build_model(nanda_config(task, d_model=16, seed=4), state_dict=parameter_state_dict(first))
     other = build_model(nanda_config(task, d_model=16, seed=5))
-    for name, param in first.named_parameters():
-        assert torch.equal(param, dict(second.named_parameters())[name])
+    second_state = parameter_state_dict(second)
+    for name, param in parameter_state_dict(first).items():
+        assert torch.equal(param, second_state[name])
     assert not torch.equal(first.W_E, other.W_E)
 
 
@@ -128,9 +132,12 @@ def test_cross_entropy_f64_matches_a_direct_sum():
     assert direct[1] == pytest.approx(2 * math.exp(-30.0), rel=1e-6)  # float64 keeps such tiny losses
 
 
-def test_final_logits_refuses_layernorm_models():
+def test_layernorm_models_are_refused():
     cfg = nanda_config(Task(p=5), d_model=8, seed=0)
+    model = build_model(cfg)
+    model.cfg.normalization_type = "LN"  # as a model built elsewhere would have it
+    with pytest.raises(GrokscopeError, match="final_logits: found normalization_type=LN"):
+        final_logits(model, Task(p=5).tokens())
     cfg.normalization_type = "LN"
-    from transformer_lens import HookedTransformer
-    with pytest.raises(GrokscopeError, match="normalization_type=LN"):
-        final_logits(HookedTransformer(cfg), Task(p=5).tokens())
+    with pytest.raises(GrokscopeError, match="build_model: found normalization_type=LN"):
+        build_model(cfg)

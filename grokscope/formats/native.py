@@ -12,7 +12,6 @@ False
 """
 
 import os
-import warnings
 from pathlib import Path
 
 from grokscope import checkpoints as ck
@@ -53,18 +52,18 @@ def matches(path: str | os.PathLike) -> bool:
 
 
 def _model_config(meta: dict, where: Path):
-    from grokscope.models import HookedTransformerConfig
+    from grokscope import backend
 
     model = meta.get("model")
     if not isinstance(model, dict) or "d_model" not in model:
         raise GrokscopeError("no 'model' section", expected="HookedTransformerConfig fields", where=str(where))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return HookedTransformerConfig(**model, device="cpu", default_prepend_bos=False)
-        except TypeError as error:
-            raise GrokscopeError(f"model fields {sorted(model)} ({error})",
-                                 expected="HookedTransformerConfig fields", where=str(where)) from None
+    try:
+        return backend.make_config(**model)
+    except GrokscopeError as error:
+        raise GrokscopeError(f"{error.found}", expected=error.expected, where=str(where)) from None
+    except TypeError as error:
+        raise GrokscopeError(f"model fields {sorted(model)} ({error})",
+                             expected="HookedTransformerConfig fields", where=str(where)) from None
 
 
 def read(path: str | os.PathLike):

@@ -3,8 +3,9 @@
 Most checkpoints in the wild are pickles, and unpickling can run arbitrary code. grokscope loads them
 with ``torch.load(weights_only=True)``, which rebuilds only tensors, containers and plain values, plus
 an explicit allow-list of data classes (``CONFIG_GLOBALS``: TransformerLens's HookedTransformerConfig
-under its current and former module paths, and the numpy scalar, dtype and array constructors its
-fields use). A file that needs any other global is refused with a message naming the file and the
+under its 3.x and former module paths, and the numpy scalar, dtype and array constructors its
+fields use). TransformerLens 4.x no longer has that class: there the same names load as
+``backend.PickledConfig``, a plain holder of the pickled fields. A file that needs any other global is refused with a message naming the file and the
 global; ``trust_pickle=True`` (the CLI's ``--trust-pickle``) loads it fully, for files the user trusts.
 Safetensors files are read with safetensors (no code at all).
 
@@ -29,11 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from grokscope import backend
 from grokscope.errors import GrokscopeError
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from transformer_lens import HookedTransformerConfig
 
 TRUST_HINT = "--trust-pickle (trust_pickle=True) loads it fully, which can run code: only for files you trust"
 
@@ -52,8 +50,7 @@ def _numpy_globals() -> list[tuple[Callable, str]]:
 
 
 CONFIG_GLOBALS: tuple = (
-    (HookedTransformerConfig, "transformer_lens.HookedTransformerConfig.HookedTransformerConfig"),
-    (HookedTransformerConfig, "transformer_lens.config.hooked_transformer_config.HookedTransformerConfig"),
+    *backend.PICKLED_CONFIG_GLOBALS,  # on TransformerLens 4.x a plain stand-in: the class is gone there
     *_numpy_globals(),
 )
 """Globals a checkpoint may use beyond torch's weights-only defaults: data classes only, no code."""

@@ -2,7 +2,7 @@
 
 Keys: ``model`` (the final HookedTransformer state dict), ``config`` (a pickled
 HookedTransformerConfig, read through the weights-only allow-list of ``safe_load``, never a free
-unpickle), ``checkpoints`` (a list of state dicts), ``checkpoint_epochs`` (their epochs),
+unpickle; on TransformerLens 4.x, which has no such class, its fields load into a plain holder), ``checkpoints`` (a list of state dicts), ``checkpoint_epochs`` (their epochs),
 ``train_losses`` and ``test_losses`` (one per epoch), ``train_indices`` and ``test_indices`` (rows of the
 lexicographic grid of [a, b, =] inputs). The state dicts are already in HookedTransformer layout; the
 task is inferred from the weights and the config (the demo trains a + b mod 113 with the ``=``
@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from grokscope import backend
 from grokscope.errors import GrokscopeError
 from grokscope.formats import infer, nanda, safe_load
 from grokscope.formats.base import Run
 from grokscope.formats.transformer_lens import config_fields, hints_from_fields
-from grokscope.models import HookedTransformerConfig
 
 FORMAT = "tl_demo"
 KEYS = ("model", "config", "checkpoints", "checkpoint_epochs", "train_losses", "test_losses", "train_indices",
@@ -36,7 +36,7 @@ def matches_object(obj: Any) -> bool:
         return False
     if isinstance(obj.get("checkpoints"), (list, tuple)) and "checkpoint_epochs" in obj:
         return True
-    return (isinstance(obj.get("config"), HookedTransformerConfig) and infer.is_state_dict(obj.get("model"))
+    return (isinstance(obj.get("config"), backend.CONFIG_CLASSES) and infer.is_state_dict(obj.get("model"))
             and "train_indices" in obj)
 
 
