@@ -5,15 +5,24 @@ would, with this file's own conversion (not grokscope.formats'), so a reader tes
 against an independent statement of each layout.
 """
 
+import contextlib
 import json
+import math
 import os
 import random
+import sys
+import types
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from grokscope import backend
 from grokscope.models import build_model, nanda_config, parameter_state_dict, pizza_config
 from grokscope.tasks import Task
+
+TL3_CONFIG_MODULE = "transformer_lens.config.hooked_transformer_config"
+"""Where TransformerLens 3.x defines HookedTransformerConfig (1.x and 2.x: ``transformer_lens.HookedTransformerConfig``)."""
 
 
 class OpensAFile:
@@ -34,35 +43,86 @@ def make_model(seed: int, task: Task | None = None, *, n_layers: int = 1, act_fn
     task = task or Task(p=23)
     make_cfg = nanda_config if task.eq_token else pizza_config
     cfg = make_cfg(task, n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, act_fn=act_fn)
-    model = build_model(cfg, alpha)
+    state = parameter_state_dict(build_model(cfg, alpha))
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            is_attention_bias = name.endswith(("b_Q", "b_K", "b_V", "b_O")) or name == "unembed.b_U"
-            if is_attention_bias and not attention_biases:
-                continue
-            param.copy_(torch.randn(param.shape, generator=generator) * scale)
-    return model
+    for name, tensor in state.items():
+        is_attention_bias = name.endswith(("b_Q", "b_K", "b_V", "b_O")) or name == "unembed.b_U"
+        if is_attention_bias and not attention_biases:
+            continue
+        state[name] = torch.randn(tensor.shape, generator=generator) * scale
+    return build_model(cfg, alpha, state)
+
+
+def hooked_state_dict(model) -> dict[str, torch.Tensor]:
+    """``HookedTransformer.state_dict()`` as TransformerLens 3.x writes it: the weights plus each layer's
+    causal ``mask`` and ``IGNORE`` buffers (what released bundles hold)."""
+    state = parameter_state_dict(model)
+    n_ctx = model.cfg.n_ctx
+    for layer in range(model.cfg.n_layers):
+        state[f"blocks.{layer}.attn.mask"] = torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool))
+        state[f"blocks.{layer}.attn.IGNORE"] = torch.tensor(-float("inf"))
+    return state
+
+
+@contextlib.contextmanager
+def pickled_config_class(module: str = TL3_CONFIG_MODULE):
+    """The class to pickle a config as ``{module}.HookedTransformerConfig``, as TransformerLens 1.x-3.x
+    files name it: on 3.x at its own path the real class; otherwise a stand-in of that name, found
+    there while the context lasts (TransformerLens 4.x has no such class)."""
+    if backend.LINE == 3 and module == TL3_CONFIG_MODULE:
+        yield backend.ModelConfig
+        return
+
+    class HookedTransformerConfig:
+        def __init__(self, **fields):
+            self.__dict__.update(fields)
+
+    HookedTransformerConfig.__module__ = module
+    HookedTransformerConfig.__qualname__ = "HookedTransformerConfig"
+    stand_in = types.ModuleType(module)
+    stand_in.HookedTransformerConfig = HookedTransformerConfig
+    saved = sys.modules.get(module)
+    sys.modules[module] = stand_in
+    try:
+        yield HookedTransformerConfig
+    finally:
+        if saved is None:
+            del sys.modules[module]
+        else:
+            sys.modules[module] = saved
+
+
+def hooked_config(model, module: str = TL3_CONFIG_MODULE, **overrides):
+    """The model's config as TransformerLens 3.x pickles it: on 3.x the model's own
+    HookedTransformerConfig; otherwise a stand-in with its fields and the non-JSON values such files
+    carry (a torch dtype, a numpy float). Pickle it inside ``pickled_config_class(module)``."""
+    fields = {**tl_fields(model), "positional_embedding_type": "standard", "attn_only": False,
+              "dtype": torch.float32, "device": "cpu", "seed": None,
+              "initializer_range": np.float64(0.8 / math.sqrt(model.cfg.d_model)), **overrides}
+    if backend.LINE == 3 and module == TL3_CONFIG_MODULE:
+        import dataclasses
+        return dataclasses.replace(model.cfg, **overrides)
+    return sys.modules[module].HookedTransformerConfig(**fields)
 
 
 def nanda_state(model, *, extra_output: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
     """The model in the [N23] layout: W_E (d_model, d_vocab), W_Q/K/V (heads, d_head, d_model),
     W_O (d_model, heads*d_head) head-major, W_in (d_mlp, d_model), W_out (d_model, d_mlp), a causal
     ``mask`` buffer, and W_U (d_model, d_vocab) with an extra random ``=`` output column."""
-    cfg = model.cfg
-    state = {"embed.W_E": model.W_E.detach().T.clone(), "pos_embed.W_pos": model.W_pos.detach().clone()}
-    for layer, block in enumerate(model.blocks):
+    cfg, hooked = model.cfg, parameter_state_dict(model)
+    state = {"embed.W_E": hooked["embed.W_E"].T.clone(), "pos_embed.W_pos": hooked["pos_embed.W_pos"]}
+    for layer in range(cfg.n_layers):
         prefix = f"blocks.{layer}."
         for name in ("W_Q", "W_K", "W_V"):
-            state[prefix + f"attn.{name}"] = getattr(block.attn, name).detach().permute(0, 2, 1).clone()
-        w_o = block.attn.W_O.detach()  # (heads, d_head, d_model)
+            state[prefix + f"attn.{name}"] = hooked[prefix + f"attn.{name}"].permute(0, 2, 1).clone()
+        w_o = hooked[prefix + "attn.W_O"]  # (heads, d_head, d_model)
         state[prefix + "attn.W_O"] = w_o.permute(2, 0, 1).reshape(cfg.d_model, cfg.n_heads * cfg.d_head).clone()
         state[prefix + "attn.mask"] = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx))
-        state[prefix + "mlp.W_in"] = block.mlp.W_in.detach().T.clone()
-        state[prefix + "mlp.b_in"] = block.mlp.b_in.detach().clone()
-        state[prefix + "mlp.W_out"] = block.mlp.W_out.detach().T.clone()
-        state[prefix + "mlp.b_out"] = block.mlp.b_out.detach().clone()
-    w_u = model.W_U.detach().clone()
+        state[prefix + "mlp.W_in"] = hooked[prefix + "mlp.W_in"].T.clone()
+        state[prefix + "mlp.b_in"] = hooked[prefix + "mlp.b_in"]
+        state[prefix + "mlp.W_out"] = hooked[prefix + "mlp.W_out"].T.clone()
+        state[prefix + "mlp.b_out"] = hooked[prefix + "mlp.b_out"]
+    w_u = hooked["unembed.W_U"]
     if extra_output:
         extra = torch.randn(cfg.d_model, cfg.d_vocab - w_u.shape[1], generator=torch.Generator().manual_seed(seed))
         w_u = torch.cat([w_u, extra], dim=1)

@@ -7,11 +7,10 @@ import pytest
 import torch
 from formats_writers import OpensAFile, make_model, nanda_state, tl_fields, write_tl
 from safetensors.torch import save_file
-from transformer_lens import HookedTransformer
 
 from grokscope.errors import GrokscopeError
 from grokscope.formats import detect, load, load_run, load_runs
-from grokscope.models import nanda_config, parameter_state_dict
+from grokscope.models import parameter_state_dict
 from grokscope.tasks import Task
 
 
@@ -73,9 +72,11 @@ def test_truncated_checkpoint_in_a_folder_run_is_skipped(tmp_path, suffix):
 
 
 def _layernorm_model():
-    cfg = nanda_config(Task(p=23), d_model=16, n_heads=2, d_mlp=32)
-    cfg.normalization_type = "LN"
-    return parameter_state_dict(HookedTransformer(cfg))
+    """A HookedTransformer state dict with LayerNorm (``ln1``, ``ln2``, ``ln_final`` scales and biases)."""
+    state = parameter_state_dict(make_model(3, d_model=16, n_heads=2, d_mlp=32))
+    for prefix in ("blocks.0.ln1.", "blocks.0.ln2.", "ln_final."):
+        state[prefix + "w"], state[prefix + "b"] = torch.ones(16), torch.zeros(16)
+    return state
 
 
 def _without_mlp():

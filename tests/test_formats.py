@@ -4,7 +4,6 @@ Ground truth: the grokscope model the file was written from (``final_logits``), 
 layout an independent forward pass in that layout's own conventions.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -12,11 +11,15 @@ import shutil
 import pytest
 import torch
 from formats_writers import (
+    TL3_CONFIG_MODULE,
+    hooked_config,
+    hooked_state_dict,
     make_model,
     nanda_config_dict,
     nanda_forward,
     nanda_split_reference,
     nanda_state,
+    pickled_config_class,
     tl_fields,
     write_tl,
 )
@@ -165,8 +168,9 @@ def test_transformer_lens_extra_output_class_dropped(tmp_path):
     state = parameter_state_dict(model)
     state["unembed.W_U"] = torch.cat([state["unembed.W_U"], torch.randn(model.cfg.d_model, 1)], dim=1)
     state["unembed.b_U"] = torch.cat([state["unembed.b_U"], torch.ones(1)])
-    cfg = dataclasses.replace(model.cfg, d_vocab_out=TASK.p + 1)  # as the model was trained
-    torch.save({"model": state, "config": cfg}, tmp_path / "model.pt")
+    with pickled_config_class():
+        cfg = hooked_config(model, d_vocab_out=TASK.p + 1)  # as the model was trained
+        torch.save({"model": state, "config": cfg}, tmp_path / "model.pt")
     run = load_run(tmp_path / "model.pt")
     assert run.cfg.d_vocab_out == 23 and "d_vocab_out" in run.config["inferred"]
     assert_same_logits(run, [model])
@@ -206,16 +210,20 @@ def _demo_bundle(models, cfg):
     generator = torch.Generator().manual_seed(598)
     indices = torch.randperm(TASK.n_inputs, generator=generator)
     cutoff = int(TASK.n_inputs * 0.3)
-    return {"model": models[-1].state_dict(), "config": cfg, "checkpoints": [m.state_dict() for m in models],
+    return {"model": hooked_state_dict(models[-1]), "config": cfg,
+            "checkpoints": [hooked_state_dict(m) for m in models],
             "checkpoint_epochs": [99, 199, 299], "train_losses": [0.1] * 300, "test_losses": [0.2] * 300,
             "train_indices": indices[:cutoff], "test_indices": indices[cutoff:]}
 
 
 def test_tl_demo_bundle(tmp_path):
+    """The bundle's config is a pickled TransformerLens 3.x HookedTransformerConfig, a class 4.x lacks."""
     models = [make_model(seed, attention_biases=False) for seed in (41, 42, 43)]
-    bundle = _demo_bundle(models, models[0].cfg)
     path = str(tmp_path / "grokking_demo.pth")
-    torch.save(bundle, path)
+    with pickled_config_class():
+        bundle = _demo_bundle(models, hooked_config(models[0]))
+        torch.save(bundle, path)
+    assert f"{TL3_CONFIG_MODULE}\nHookedTransformerConfig".encode() in open(path, "rb").read()
     assert detect(path) == "tl_demo"
     run = load_run(path)
     assert run.format == "tl_demo" and run.steps == [99, 199, 299] and run.task == TASK
@@ -225,27 +233,13 @@ def test_tl_demo_bundle(tmp_path):
     assert_same_logits(run, models)
 
 
-def test_tl_demo_bundle_from_older_transformer_lens(tmp_path, monkeypatch):
+def test_tl_demo_bundle_from_older_transformer_lens(tmp_path):
     """Configs pickled by TransformerLens 1.x/2.x name the class transformer_lens.HookedTransformerConfig."""
-    import sys
-    import types
-
-    from grokscope.models import HookedTransformerConfig
-
-    old = types.ModuleType("transformer_lens.HookedTransformerConfig")
-
-    class OldConfig(HookedTransformerConfig):
-        pass
-
-    OldConfig.__module__, OldConfig.__qualname__, OldConfig.__name__ = old.__name__, "HookedTransformerConfig", \
-        "HookedTransformerConfig"
-    old.HookedTransformerConfig = OldConfig
-    monkeypatch.setitem(sys.modules, old.__name__, old)
+    old = "transformer_lens.HookedTransformerConfig"
     models = [make_model(seed, attention_biases=False) for seed in (44, 45, 46)]
-    cfg = OldConfig(**{k: getattr(models[0].cfg, k) for k in tl_fields(models[0])})
     path = str(tmp_path / "old_demo.pth")
-    torch.save(_demo_bundle(models, cfg), path)
-    monkeypatch.delitem(sys.modules, old.__name__)
+    with pickled_config_class(old):
+        torch.save(_demo_bundle(models, hooked_config(models[0], old)), path)
     assert b"transformer_lens.HookedTransformerConfig" in open(path, "rb").read()
     assert_same_logits(load_run(path), models)
 

@@ -7,6 +7,7 @@ with no mask, pattern = alpha * softmax + (1 - alpha), MLP with biases, exact Ge
 position over every input id.
 """
 
+import copy
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import shutil
 import pytest
 import torch
 
+from grokscope import backend
 from grokscope.errors import GrokscopeError
 from grokscope.formats import pizza
 from grokscope.models import build_model, final_logits
@@ -90,14 +92,15 @@ def test_the_test_can_tell_exact_from_tanh_gelu_and_a_causal_mask():
     expected = release_forward(state, config, release_tokens(config))[:, :59]
     run = pizza.read_model(model_path("dy65ktpiij"))
     assert run.cfg.act_fn == "gelu"
-    tanh_cfg = run.cfg.to_dict() | {"act_fn": "gelu_new"}
-    from transformer_lens import HookedTransformerConfig
-    tanh_model = build_model(HookedTransformerConfig(**tanh_cfg), run.alpha, run.state_dict()).double()
+    tanh_cfg = copy.deepcopy(run.cfg)
+    tanh_cfg.act_fn = "gelu_new"
+    tanh_model = backend.to_dtype(build_model(tanh_cfg, run.alpha, run.state_dict()), torch.float64)
     assert (final_logits(tanh_model, run.task.tokens()).detach() - expected).abs().max() > 1e-3
     two_layer = pizza.read_model(model_path("h9m153uuh9"))
     assert two_layer.cfg.attention_dir == "bidirectional"
-    causal_cfg = HookedTransformerConfig(**(two_layer.cfg.to_dict() | {"attention_dir": "causal"}))
-    causal = build_model(causal_cfg, two_layer.alpha, two_layer.state_dict()).double()
+    causal_cfg = copy.deepcopy(two_layer.cfg)
+    causal_cfg.attention_dir = "causal"
+    causal = backend.to_dtype(build_model(causal_cfg, two_layer.alpha, two_layer.state_dict()), torch.float64)
     config2 = release_config("h9m153uuh9")
     state2 = torch.load(model_path("h9m153uuh9"), weights_only=True, map_location="cpu")
     expected2 = release_forward(state2, config2, release_tokens(config2))[:, :59]

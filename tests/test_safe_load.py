@@ -9,12 +9,13 @@ import types
 import numpy as np
 import pytest
 import torch
-from formats_writers import OpensAFile
+from formats_writers import OpensAFile, hooked_config, pickled_config_class
 from safetensors.torch import save_file
 
+from grokscope import backend
 from grokscope.errors import GrokscopeError
 from grokscope.formats import safe_load
-from grokscope.models import HookedTransformerConfig, nanda_config
+from grokscope.models import build_model, nanda_config
 from grokscope.tasks import Task
 
 
@@ -27,16 +28,21 @@ def test_state_dict_loads_weights_only(tmp_path):
 
 
 def test_config_class_needs_the_allow_list(tmp_path):
-    cfg = nanda_config(Task(p=23), d_model=16, n_heads=2, seed=3)
+    """A TransformerLens 3.x HookedTransformerConfig pickle loads on either line, without its code."""
+    model = build_model(nanda_config(Task(p=23), d_model=16, n_heads=2, seed=3))
     path = str(tmp_path / "bundle.pth")
-    torch.save({"config": cfg, "model": {"W": torch.ones(2)}}, path)
+    with pickled_config_class():
+        torch.save({"config": hooked_config(model, seed=3), "model": {"W": torch.ones(2)}}, path)
     with pytest.raises(GrokscopeError) as refused:
         safe_load.load_pickle(path)
     assert "HookedTransformerConfig" in str(refused.value) and "--trust-pickle" in str(refused.value)
     loaded = safe_load.load_pickle(path, allowed_globals=safe_load.CONFIG_GLOBALS)
-    assert isinstance(loaded["config"], HookedTransformerConfig)
+    assert isinstance(loaded["config"], backend.CONFIG_CLASSES)
     assert (loaded["config"].d_vocab, loaded["config"].d_model, loaded["config"].seed) == (24, 16, 3)
-    assert isinstance(safe_load.load_checkpoint(path)["config"], HookedTransformerConfig)
+    assert isinstance(safe_load.load_checkpoint(path)["config"], backend.CONFIG_CLASSES)
+    if backend.LINE == 4:  # the stand-in holds the fields and nothing else
+        assert type(loaded["config"]) is backend.PickledConfig
+        assert loaded["config"].to_dict()["act_fn"] == "relu"
 
 
 def test_numpy_values_are_allowed(tmp_path):
