@@ -193,3 +193,36 @@ def test_gelu_fast_is_refused_on_4x_only():
 def test_unknown_config_fields_are_named():
     with pytest.raises(GrokscopeError, match=r"make_config: found model fields \['n_layer'\]"):
         backend.make_config(n_layer=1, d_model=16, n_heads=4, d_head=4, n_ctx=3)
+
+
+def test_the_resume_state_is_in_the_weight_format(tmp_path):
+    """Parameters and AdamW moments are saved under HookedTransformer names and shapes on both lines, so
+    an interrupted run resumes on either; loading puts them back into the line's own layout."""
+    from grokscope import checkpoints as ck
+
+    task = Task(p=23)
+    cfg = nanda_config(task, d_model=16, n_heads=2, d_mlp=32, seed=4)
+    model = build_model(cfg)
+    trainable = backend.parameters(model)
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=1e-3)
+    final_logits(model, task.tokens()).square().mean().backward()
+    optimizer.step()
+    ck.save_resume(tmp_path / "resume.safetensors", 1, model, optimizer, trainable, None, 0.0)
+    tensors, _ = ck.load_tensors(tmp_path / "resume.safetensors")
+    shapes = backend.hooked_shapes(cfg)
+    assert {k.removeprefix("param.") for k in tensors if k.startswith("param.")} == set(shapes)
+    moments = 0
+    for key, tensor in tensors.items():
+        for prefix in ("param.", "adam.exp_avg.", "adam.exp_avg_sq."):
+            if key.startswith(prefix):
+                assert tuple(tensor.shape) == shapes[key.removeprefix(prefix)], key
+                moments += prefix != "param."
+    assert moments == 2 * len(trainable)
+    fresh = build_model(nanda_config(task, d_model=16, n_heads=2, d_mlp=32, seed=5))
+    fresh_trainable = backend.parameters(fresh)
+    fresh_optimizer = torch.optim.AdamW(list(fresh_trainable.values()), lr=1e-3)
+    assert ck.load_resume(tmp_path / "resume.safetensors", fresh, fresh_optimizer, fresh_trainable, None)[0] == 1
+    for name, param in trainable.items():
+        assert torch.equal(fresh_trainable[name], param), name
+        assert torch.equal(fresh_optimizer.state[fresh_trainable[name]]["exp_avg"],
+                           optimizer.state[param]["exp_avg"]), name
