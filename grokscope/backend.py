@@ -46,6 +46,9 @@ from torch import Tensor
 
 from grokscope.errors import GrokscopeError
 
+VERSION = importlib.metadata.version("transformer-lens")
+"""The installed TransformerLens version."""
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     try:  # 3.x; on 4.x these names raise ImportError with a migration pointer
@@ -53,14 +56,13 @@ with warnings.catch_warnings():
         from transformer_lens import HookedTransformerConfig as _HookedTransformerConfig
         LINE = 3
     except ImportError:
+        if int(VERSION.split(".")[0]) < 4:  # a broken 3.x install, not the 4.x line
+            raise
         from transformer_lens import TransformerBridge as _TransformerBridge
         from transformer_lens import TransformerBridgeConfig as _TransformerBridgeConfig
         from transformer_lens.model_bridge.sources.native import boot as _boot_native
         from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
         LINE = 4
-
-VERSION = importlib.metadata.version("transformer-lens")
-"""The installed TransformerLens version."""
 
 if LINE == 3:
     Model: type = _HookedTransformer
@@ -152,11 +154,6 @@ def make_config(**fields: Any):
         cfg = _TransformerBridgeConfig(**fields)
         cfg.positional_embedding_type = positional
         return cfg
-
-
-def config_dict(cfg) -> dict[str, Any]:
-    """The config's fields as a dict."""
-    return dict(cfg.to_dict())
 
 
 def attention_scale(cfg) -> float:

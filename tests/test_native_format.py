@@ -39,7 +39,7 @@ def test_files_of_a_finished_run(tiny_run_dir, tiny_config):
 def test_checkpoints_hold_parameter_names_only(tiny_run_dir, tiny_config):
     state = load_file(tiny_run_dir / ck.CHECKPOINT_DIR / ck.checkpoint_filename(0))
     model = tiny_config.init_model()
-    assert set(state) == set(dict(model.named_parameters()))
+    assert set(state) == set(parameter_state_dict(model))  # HookedTransformer names on either line
     for name, tensor in parameter_state_dict(model).items():  # step 0 is the initialisation itself
         assert torch.equal(state[name], tensor), name
 
@@ -55,9 +55,9 @@ def test_read_a_run(tiny_run_dir, tiny_config):
     assert set(run.log) == set(ck.LOG_COLUMNS)
     assert run.config == json.loads((tiny_run_dir / ck.RUN_JSON).read_text())
     assert (run.cfg.d_model, run.cfg.d_vocab, run.cfg.d_vocab_out, run.cfg.n_ctx) == (16, 14, 13, 3)
-    final = run.model(-1)
+    final = parameter_state_dict(run.model(-1))
     for name, tensor in load_file(run.checkpoint_paths[-1]).items():
-        assert torch.equal(dict(final.named_parameters())[name], tensor), name
+        assert torch.equal(final[name], tensor), name
 
 
 def test_read_from_the_checkpoints_folder_or_one_file(tiny_run_dir):
