@@ -35,7 +35,7 @@ from formats_writers import (  # noqa: E402
 
 from grokscope import backend  # noqa: E402
 from grokscope.constructions import exact_clock_model, exact_pizza_model, random_model  # noqa: E402
-from grokscope.formats import load_run  # noqa: E402
+from grokscope.formats import load_run, load_runs  # noqa: E402
 from grokscope.models import build_model, initial_state, nanda_config, pizza_config  # noqa: E402
 from grokscope.tasks import Task  # noqa: E402
 from grokscope.training import TrainConfig  # noqa: E402
@@ -166,6 +166,27 @@ def _tl_demo(folder):
     return path, task
 
 
+def _collection(folder):
+    """A folder of independent models in two layouts: the case is the last one (sorted by path)."""
+    task = Task(p=23)
+    write_tl(os.path.join(folder, "a_model.safetensors"), make_model(78, task))
+    model = make_model(79, task, attention_biases=False)
+    torch.save({"model": nanda_state(model), "config": nanda_config_dict(task, model)},
+               os.path.join(folder, "b_nanda.pth"))
+    return folder, task
+
+
+def _read_collection():
+    folder = tempfile.mkdtemp(prefix="tl_reference_")
+    try:
+        _, task = _collection(folder)
+        runs = load_runs(folder)
+        assert [run.format for run in runs] == ["transformer_lens", "nanda"], [run.format for run in runs]
+        return runs[-1].model(-1), runs[-1].task
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _pizza(run_id: str, diff_vocab: bool = False):
     task = Task(p=59, eq_token=False, diff_vocab=diff_vocab)
     return lambda: _read(os.path.join(PIZZA_DIR, f"model_{run_id}.pt"), task)
@@ -182,6 +203,7 @@ READ = {
     "format_pizza_gelu": _pizza("dy65ktpiij"),
     "format_pizza_two_layer": _pizza("h9m153uuh9"),
     "format_pizza_diff_vocab": _pizza("18c9ev5v5p", diff_vocab=True),
+    "format_collection": _read_collection,
 }
 
 CASES = {**BUILT, **READ}
