@@ -240,11 +240,6 @@ def new_model(cfg) -> Any:
         return _boot_native(cfg)
 
 
-def is_model(obj: Any) -> bool:
-    """Whether ``obj`` is a model of the installed line."""
-    return isinstance(obj, Model)
-
-
 def weights(model) -> dict[str, Tensor]:
     """The model's tensors by weight-format name and shape: views of its parameters (gradients flow
     into them; writing into them writes the model), ``unembed.b_U`` included on both lines."""
