@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from formats_writers import OpensAFile, hooked_config, pickled_config_class
+from formats_writers import TL3_CONFIG_MODULE, OpensAFile, hooked_config, pickled_config_class
 from safetensors.torch import save_file
 
 from grokscope import backend
@@ -27,12 +27,14 @@ def test_state_dict_loads_weights_only(tmp_path):
     assert (loaded["steps"], loaded["name"], loaded["rate"]) == ([1, 2], "x", 0.5)
 
 
-def test_config_class_needs_the_allow_list(tmp_path):
-    """A TransformerLens 3.x HookedTransformerConfig pickle loads on either line, without its code."""
+@pytest.mark.parametrize("module", [TL3_CONFIG_MODULE, "transformer_lens.HookedTransformerConfig"])
+def test_config_class_needs_the_allow_list(tmp_path, module):
+    """A HookedTransformerConfig pickled by TransformerLens 3.x (or 1.x/2.x) loads on either line, without
+    its code; without the allow-list it is refused by name (4.x lacks both paths)."""
     model = build_model(nanda_config(Task(p=23), d_model=16, n_heads=2, seed=3))
     path = str(tmp_path / "bundle.pth")
-    with pickled_config_class():
-        torch.save({"config": hooked_config(model, seed=3), "model": {"W": torch.ones(2)}}, path)
+    with pickled_config_class(module):
+        torch.save({"config": hooked_config(model, module, seed=3), "model": {"W": torch.ones(2)}}, path)
     with pytest.raises(GrokscopeError) as refused:
         safe_load.load_pickle(path)
     assert "HookedTransformerConfig" in str(refused.value) and "--trust-pickle" in str(refused.value)
