@@ -177,49 +177,6 @@ def checkpoint_steps(epochs: int, every: int, per_decade: int = 10) -> list[int]
     return sorted(steps)
 
 
-# ----- the resume state -------------------------------------------------------------------------
-
-def save_resume(path: Path, step: int, model, optimizer, trainable: dict, grokfast, elapsed: float) -> None:
-    """Atomically save what resuming at ``step`` needs: parameters, AdamW moments, the Grokfast EMA.
-
-    ``trainable`` maps names to the optimiser's parameters; ``grokfast`` is None or has a ``mu`` dict.
-    """
-    tensors = {f"param.{name}": param for name, param in model.named_parameters()}
-    for name, param in trainable.items():
-        for key, value in optimizer.state.get(param, {}).items():
-            tensors[f"adam.{key}.{name}"] = value
-    if grokfast is not None:
-        tensors.update({f"grokfast.{name}": mu for name, mu in grokfast.mu.items()})
-    save_tensors(path, tensors, metadata={"step": str(step), "elapsed_s": repr(elapsed)})
-
-
-def load_resume(path: Path, model, optimizer, trainable: dict, grokfast) -> tuple[int, float]:
-    """Restore what ``save_resume`` saved into ``model``, ``optimizer`` and ``grokfast``.
-
-    Returns ``(step, elapsed seconds)``; a file that does not fit the model raises GrokscopeError.
-    """
-    import torch
-
-    tensors, metadata = load_tensors(path)
-    params = dict(model.named_parameters())
-    names = {key.removeprefix("param.") for key in tensors if key.startswith("param.")}
-    if names != set(params) or "step" not in metadata:
-        raise GrokscopeError(f"parameters {sorted(names)[:4]}...", expected="this run's model and a step",
-                             where=str(path))
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(tensors[f"param.{name}"])
-    for name, param in trainable.items():
-        state = {key.split(".")[1]: value for key, value in tensors.items()
-                 if key.startswith("adam.") and key.split(".", 2)[2] == name}
-        if state:
-            optimizer.state[param] = state
-    if grokfast is not None:
-        grokfast.mu = {key.removeprefix("grokfast."): value for key, value in tensors.items()
-                       if key.startswith("grokfast.")}
-    return int(metadata["step"]), float(metadata.get("elapsed_s", 0.0))
-
-
 # ----- the training log ---------------------------------------------------------------------------
 
 def log_to_csv(log: dict[str, list]) -> str:

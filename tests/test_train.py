@@ -18,7 +18,7 @@ from grokscope import checkpoints as ck
 from grokscope.cli import PRESET_NAMES, main
 from grokscope.errors import GrokscopeError
 from grokscope.models import build_model, cross_entropy_f64
-from grokscope.training import PRESETS, GrokfastEMA, TrainConfig, summarize, train
+from grokscope.training import PRESETS, TrainConfig, summarize, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,21 +110,6 @@ def test_checkpoint_schedule_is_dense_early_and_complete():
         assert set(range(0, config.epochs + 1, config.checkpoint_every)) <= set(steps)
     assert 50 <= len(PRESETS["fast"].checkpoint_steps()) <= 150
     assert ck.checkpoint_steps(7, every=100, per_decade=0) == [0, 7]
-
-
-# ----- Grokfast -----------------------------------------------------------------------------------
-
-def test_grokfast_ema_follows_its_recurrence():
-    param = torch.nn.Parameter(torch.zeros(2))
-    grokfast = GrokfastEMA({"w": param}, alpha=0.5, lamb=2.0)
-    gradients = [torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])]
-    mu = None
-    for g in gradients:
-        param.grad = g.clone()
-        grokfast.apply()
-        mu = g.clone() if mu is None else 0.5 * mu + 0.5 * g
-        torch.testing.assert_close(param.grad, g + 2.0 * mu, rtol=0, atol=0)
-    torch.testing.assert_close(grokfast.mu["w"], torch.tensor([1.0, 1.5]), rtol=0, atol=0)
 
 
 # ----- small training runs ------------------------------------------------------------------------
