@@ -47,6 +47,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy "
                              "machine; resume with the same value for bitwise-identical results)")
+    parser.add_argument("--device", default="cpu", metavar="D",
+                        help="where to train: cpu (default), cuda or cuda:N (the same code path on both)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_train)
 
@@ -66,7 +68,7 @@ def _run_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    run = train(config, args.out, progress=not args.quiet)
+    run = train(config, args.out, progress=not args.quiet, device=args.device)
     print(format_summary(run.source, config, summarize(run)))
     return 0
 

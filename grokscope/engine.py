@@ -273,6 +273,60 @@ class MemberRows:
         return masked.sum(1) / self.counts.to(values.dtype)
 
 
+def micro_batch_size(n_rows: int, device: str | torch.device) -> int:
+    """Members per forward/backward pass: the whole stack on a GPU; on a CPU about 4,096 rows at a time.
+
+    On a CPU a stack of large members gains nothing from one big pass (the matrix products are already
+    large) but loses the caches, so members run a few at a time; small members still share passes.
+
+    >>> micro_batch_size(3830, "cpu"), micro_batch_size(264, "cpu"), micro_batch_size(3830, "cuda") > 10**6
+    (1, 15, True)
+    """
+    if torch.device(device).type != "cpu":
+        return 1 << 30
+    return max(1, 4096 // max(n_rows, 1))
+
+
+@dataclass
+class StepValues:
+    """What one pass over the train rows gives: per-member mean losses, accuracies and gradients."""
+
+    losses: Float[Tensor, "M"]
+    accuracy: Float[Tensor, "M"] | None
+    grads: dict[str, Tensor] | None
+
+
+def train_pass(params: dict[str, Tensor], trainable: list[str], arch: Architecture, rows: MemberRows,
+               alpha: Float[Tensor, "M"], *, micro_batch: int, gradients: bool = True,
+               accuracy: bool = False) -> StepValues:
+    """Losses (float64 mean cross-entropy per member), optionally accuracies, and gradients of their sum.
+
+    Members go through in groups of ``micro_batch``; each member's values depend on its own parameters
+    only, so grouping changes nothing but the order of float32 sums.
+    """
+    n_models = rows.tokens.shape[0]
+    losses, correct = [], []
+    grads = {name: torch.empty_like(params[name]) for name in trainable} if gradients else None
+    for begin in range(0, n_models, micro_batch):
+        end = min(begin + micro_batch, n_models)
+        part = {name: tensor[begin:end] for name, tensor in params.items()}
+        if gradients:
+            for name in trainable:
+                part[name] = part[name].detach().requires_grad_(True)
+        sub = MemberRows(rows.tokens[begin:end], rows.labels[begin:end], rows.valid[begin:end], rows.counts[begin:end])
+        with torch.set_grad_enabled(gradients):
+            logits = stacked_logits(part, arch, sub.tokens, alpha[begin:end])
+            loss = sub.mean(member_nll(logits, sub.labels))
+        if gradients:
+            for name, grad in zip(trainable, torch.autograd.grad(loss.sum(), [part[name] for name in trainable])):
+                grads[name][begin:end] = grad
+        losses.append(loss.detach())
+        if accuracy:
+            with torch.no_grad():
+                correct.append(sub.mean((logits.argmax(-1) == sub.labels).double()))
+    return StepValues(torch.cat(losses), torch.cat(correct) if accuracy else None, grads)
+
+
 # ----- optimiser -------------------------------------------------------------------------------
 
 @dataclass
@@ -294,6 +348,10 @@ class MemberSettings:
     def from_values(cls, **columns: list[float]) -> "MemberSettings":
         return cls(**{name: torch.tensor(values, dtype=torch.float64) for name, values in columns.items()})
 
+    def to(self, device: str | torch.device) -> "MemberSettings":
+        """The same settings on ``device`` (still float64), so that updates need no host transfers."""
+        return MemberSettings(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+
     def select(self, members: list[int]) -> "MemberSettings":
         """The settings of a subset of the members, in the given order."""
         index = torch.tensor(members, dtype=torch.long)
@@ -301,8 +359,8 @@ class MemberSettings:
 
 
 def _per_member(values: Tensor, like: Tensor) -> Tensor:
-    """(M,) float64 values as float32 of shape (M, 1, ..., 1) broadcasting against ``like``."""
-    return values.to(device=like.device, dtype=like.dtype).view((-1,) + (1,) * (like.dim() - 1))
+    """(M,) float64 values as ``like``'s dtype, shaped (M, 1, ..., 1) to broadcast against it."""
+    return values.to(dtype=like.dtype).view((-1,) + (1,) * (like.dim() - 1))
 
 
 class StackedAdamW:
@@ -310,11 +368,11 @@ class StackedAdamW:
 
     Applies torch.optim.AdamW's single-tensor update per member (decoupled decay first, then the
     moments, then the bias-corrected step); the scalars it computes in double precision are computed in
-    double precision here too, per member.
+    double precision here too, per member, on the parameters' device (no host transfer per step).
     """
 
-    def __init__(self, settings: MemberSettings, eps: float = ADAM_EPS):
-        self.settings, self.eps = settings, eps
+    def __init__(self, settings: MemberSettings, eps: float = ADAM_EPS, device: str | torch.device = "cpu"):
+        self.settings, self.eps = settings.to(device), eps
         self.step_count = 0
         self.exp_avg: dict[str, Tensor] = {}
         self.exp_avg_sq: dict[str, Tensor] = {}
@@ -342,8 +400,8 @@ class StackedAdamW:
 class StackedGrokfast:
     """Grokfast-EMA [L24] per member: mu_0 = g_0, mu_t = a mu_{t-1} + (1 - a) g_t, g <- g + lam mu_t."""
 
-    def __init__(self, settings: MemberSettings):
-        self.settings = settings
+    def __init__(self, settings: MemberSettings, device: str | torch.device = "cpu"):
+        self.settings = settings.to(device)
         self.mu: dict[str, Tensor] = {}
 
     @torch.no_grad()
@@ -360,20 +418,22 @@ class StackedGrokfast:
 
 # ----- memory ------------------------------------------------------------------------------------
 
-def bytes_per_member(arch: Architecture, n_train: int, n_eval: int, grokfast: bool) -> int:
-    """An upper estimate of one member's memory in a training step, in bytes.
+def state_bytes_per_member(arch: Architecture, grokfast: bool) -> int:
+    """Parameters, gradients and two AdamW moments (and the Grokfast EMA) of one member, float32 bytes."""
+    return 4 * arch.n_parameters() * (4 + (1 if grokfast else 0))
 
-    Parameters, gradients, two AdamW moments (and the Grokfast EMA) in float32, plus the activations
-    autograd keeps for the train rows (attention, MLP pre- and post-activations, the residual stream,
-    float32 logits and their float64 log-softmax), and the evaluation forward's largest tensors.
+
+def activation_bytes_per_member(arch: Architecture, n_rows: int) -> int:
+    """An upper estimate of the activations autograd keeps for one member's pass over ``n_rows`` rows.
+
+    Gathered queries, keys and values, attention scores, the residual stream, MLP pre- and
+    post-activations, float32 logits and their float64 log-softmax and gradient.
     """
-    params = arch.n_parameters()
-    state = params * (4 + (1 if grokfast else 0))
     per_row = (arch.n_ctx * arch.n_heads * (3 * arch.d_head + 2) + 3 * arch.d_model * arch.n_ctx
                + 3 * arch.d_mlp + arch.d_vocab_out * 5)
     if arch.n_layers > 1:
         per_row += (arch.n_layers - 1) * arch.n_ctx * (3 * arch.d_mlp + 8 * arch.d_model)
-    return 4 * (state + n_train * per_row + n_eval * per_row // 2)
+    return 4 * n_rows * per_row
 
 
 def available_memory(device: str | torch.device) -> int:
@@ -390,14 +450,17 @@ def available_memory(device: str | torch.device) -> int:
         return 8 << 30
 
 
-def members_per_chunk(n_members: int, member_bytes: int, budget_bytes: int) -> int:
-    """How many members one stack may hold within ``budget_bytes``; refuses when not even one fits.
+def members_per_chunk(n_members: int, member_bytes: int, budget_bytes: int, fixed_bytes: int = 0) -> int:
+    """How many members one stack may hold within ``budget_bytes`` (beyond ``fixed_bytes`` it needs anyway).
+
+    Refuses, naming the limit, when not even one member fits.
 
     >>> members_per_chunk(64, 100, 1000)
     10
     >>> members_per_chunk(4, 100, 10_000)
     4
     """
+    budget_bytes -= fixed_bytes
     if member_bytes > budget_bytes:
         raise GrokscopeError(f"one member needing about {member_bytes / 2**20:.0f} MiB",
                              expected=f"at most the {budget_bytes / 2**20:.0f} MiB this device has free",

@@ -29,8 +29,9 @@ from torch import Tensor
 import grokscope
 from grokscope import checkpoints as ck
 from grokscope.engine import (FROZEN_PARAMETERS, Architecture, MemberRows, MemberSettings, StackedAdamW,
-                              StackedGrokfast, available_memory, bytes_per_member, member_nll, member_state_dict,
-                              members_per_chunk, stack_parameters, stacked_logits)
+                              StackedGrokfast, StepValues, activation_bytes_per_member, available_memory, member_state_dict,
+                              members_per_chunk, micro_batch_size, stack_parameters, state_bytes_per_member,
+                              train_pass)
 from grokscope.errors import GrokscopeError
 from grokscope.formats import native
 from grokscope.formats.base import Run
@@ -191,9 +192,15 @@ def train_members(configs: list[TrainConfig], outs: list[str | Path], *, progres
     members = [member for member in (_start_member(c, o) for c, o in zip(configs, outs)) if member is not None]
     if members:
         arch = Architecture.from_config(members[0].config.model_config())
-        n_rows = members[0].config.task.n_inputs
-        need = bytes_per_member(arch, n_rows, n_rows, any(m.config.grokfast for m in members))
-        per_chunk = members_per_chunk(len(members), need, int(available_memory(device) * MEMORY_BUDGET_FRACTION))
+        n_rows = members[0].config.task.n_inputs  # an upper bound of any member's train or test rows
+        state = state_bytes_per_member(arch, any(m.config.grokfast for m in members))
+        activations = activation_bytes_per_member(arch, n_rows)
+        micro = micro_batch_size(n_rows, device)
+        budget = int(available_memory(device) * MEMORY_BUDGET_FRACTION)
+        if micro >= len(members):  # one pass holds every member's activations
+            per_chunk = members_per_chunk(len(members), state + activations, budget)
+        else:
+            per_chunk = members_per_chunk(len(members), state, budget, fixed_bytes=activations * micro)
         if max_members is not None:
             per_chunk = min(per_chunk, max(int(max_members), 1))
         for begin in range(0, len(members), per_chunk):
@@ -259,12 +266,10 @@ class _Stack:
                                      expected="this run's model", where=str(member.out / ck.RESUME_FILE))
         self.params = stack_parameters(states, device)
         self.trainable = [name for name in self.params if not name.endswith(FROZEN_PARAMETERS)]
-        for name in self.trainable:
-            self.params[name].requires_grad_(True)
         self.settings = _settings(members)
         self.alpha = self.settings.alpha.to(device=device, dtype=torch.float32)
-        self.adam = StackedAdamW(self.settings)
-        self.grokfast = StackedGrokfast(self.settings) if any(m.config.grokfast for m in members) else None
+        self.adam = StackedAdamW(self.settings, device=device)
+        self.grokfast = StackedGrokfast(self.settings, device=device) if any(m.config.grokfast for m in members) else None
         start = members[0].start
         self.adam.step_count = start
         if members[0].resume_tensors is not None:
@@ -278,6 +283,7 @@ class _Stack:
         test_indices = [torch.nonzero(held_out_mask(task.n_inputs, m.train_indices))[:, 0] for m in members]
         self.train_rows = MemberRows.from_indices(tokens, labels, [m.train_indices for m in members], device)
         self.test_rows = MemberRows.from_indices(tokens, labels, test_indices, device)
+        self.micro_batch = micro_batch_size(self.train_rows.tokens.shape[1], device)
 
     def _load_optimiser_state(self) -> None:
         for kind, target in (("exp_avg", self.adam.exp_avg), ("exp_avg_sq", self.adam.exp_avg_sq)):
@@ -301,16 +307,14 @@ class _Stack:
                 tensors[f"grokfast.{name}"] = self.grokfast.mu[name][index].detach().cpu()
         return tensors
 
-    def metrics(self, train_logits: Tensor, train_nll: Tensor) -> Tensor:
+    def pass_over(self, rows: MemberRows, gradients: bool, accuracy: bool) -> StepValues:
+        return train_pass(self.params, self.trainable, self.arch, rows, self.alpha, micro_batch=self.micro_batch,
+                          gradients=gradients, accuracy=accuracy)
+
+    def metrics(self, train: StepValues) -> Tensor:
         """(M, 4) float64: train loss, test loss, train accuracy, test accuracy of the current weights."""
-        with torch.no_grad():
-            rows = self.train_rows
-            train_acc = rows.mean((train_logits.argmax(-1) == rows.labels).double())
-            test = self.test_rows
-            test_logits = stacked_logits(self.params, self.arch, test.tokens, self.alpha)
-            test_loss = test.mean(member_nll(test_logits, test.labels))
-            test_acc = test.mean((test_logits.argmax(-1) == test.labels).double())
-            return torch.stack([rows.mean(train_nll.detach()), test_loss, train_acc, test_acc], dim=1)
+        test = self.pass_over(self.test_rows, gradients=False, accuracy=True)
+        return torch.stack([train.losses, test.losses, train.accuracy, test.accuracy], dim=1)
 
 
 def _train_stack(members: list[_Member], arch: Architecture, device: torch.device, progress: bool,
@@ -327,12 +331,9 @@ def _train_stack(members: list[_Member], arch: Architecture, device: torch.devic
         for step in range(start, end + 1):
             last = step == epochs
             logging = [step % every == 0 or last for every in log_every]
-            with torch.set_grad_enabled(not last and step != stop):
-                logits = stacked_logits(stack.params, arch, stack.train_rows.tokens, stack.alpha)
-                nll = member_nll(logits, stack.train_rows.labels)
-                losses = stack.train_rows.mean(nll)
+            values = stack.pass_over(stack.train_rows, gradients=not last and step != stop, accuracy=any(logging))
             if any(logging):
-                pending.append((step, stack.metrics(logits, nll), logging))
+                pending.append((step, stack.metrics(values), logging))
             saving = [step in member.schedule or step == stop for member in members]
             if any(saving) or device.type == "cpu":
                 _flush_logs(members, pending, bar)
@@ -343,11 +344,9 @@ def _train_stack(members: list[_Member], arch: Architecture, device: torch.devic
                         _save_member_step(stack, index, member, step, last, elapsed)
             if last or step == stop:
                 break
-            grads = torch.autograd.grad(losses.sum(), [stack.params[name] for name in stack.trainable])
-            grads = dict(zip(stack.trainable, grads))
             if stack.grokfast is not None:
-                stack.grokfast.apply(grads)
-            stack.adam.step(stack.params, grads)
+                stack.grokfast.apply(values.grads)
+            stack.adam.step(stack.params, values.grads)
             if bar is not None:
                 bar.update(1)
     finally:

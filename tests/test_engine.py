@@ -9,8 +9,8 @@ import torch
 
 from grokscope import checkpoints as ck
 from grokscope.engine import (Architecture, MemberRows, MemberSettings, StackedAdamW,
-                              StackedGrokfast, bytes_per_member, member_nll, members_per_chunk, stack_parameters,
-                              stacked_logits)
+                              StackedGrokfast, activation_bytes_per_member, member_nll, members_per_chunk,
+                              stack_parameters, stacked_logits, state_bytes_per_member, train_pass)
 from grokscope.errors import GrokscopeError
 from grokscope.models import build_model, final_logits, nanda_config, pizza_config
 from grokscope.tasks import Task
@@ -70,6 +70,29 @@ def test_each_member_reads_its_own_rows_and_attention_rate():
         torch.testing.assert_close(batch.mean(nll)[i], own, rtol=1e-12, atol=0)
 
 
+def test_micro_batches_change_nothing_but_rounding():
+    """One pass per member and one pass for all give the same losses and gradients."""
+    task = Task(p=23)
+    alpha = torch.tensor([1.0, 0.5, 0.0, 0.9])
+    models = [_randomised(build_model(nanda_config(task, d_model=32), alpha[seed].item()), seed) for seed in range(4)]
+    arch = Architecture.from_config(models[0].cfg)
+    params = stack_parameters([dict(m.named_parameters()) for m in models])
+    trainable = [name for name in params if not name.endswith("b_U")]
+    rows = MemberRows.from_indices(task.tokens(), task.labels(), [task.split(0.3 + 0.1 * i, i) for i in range(4)])
+    whole = train_pass(params, trainable, arch, rows, alpha, micro_batch=4, accuracy=True)
+    single = train_pass(params, trainable, arch, rows, alpha, micro_batch=1, accuracy=True)
+    torch.testing.assert_close(whole.losses, single.losses, rtol=1e-6, atol=0)
+    torch.testing.assert_close(whole.accuracy, single.accuracy, rtol=0, atol=1e-12)  # a tie could flip one row
+    for name in trainable:
+        scale = whole.grads[name].abs().max().item()
+        torch.testing.assert_close(whole.grads[name], single.grads[name], rtol=1e-4, atol=1e-5 * scale)
+    for i, model in enumerate(models):  # and each member's loss is its own model's
+        own = rows.valid[i]
+        logits = final_logits(model, rows.tokens[i][own])
+        assert whole.losses[i].item() == pytest.approx(member_nll(logits[None], rows.labels[i][own][None]).mean().item(),
+                                                       rel=1e-5)
+
+
 def test_stacked_adamw_is_torch_adamw_per_member():
     """Three members with their own lr, decay and betas follow torch.optim.AdamW on the same problem."""
     settings = MemberSettings.from_values(alpha=[1.0] * 3, lr=[1e-3, 3e-2, 1e-2], weight_decay=[0.0, 1.0, 2.0],
@@ -114,8 +137,9 @@ def test_stacked_grokfast_follows_its_recurrence_per_member():
 
 def test_memory_rule_refuses_what_cannot_fit_and_chunks_the_rest():
     arch = Architecture.from_config(nanda_config(Task(p=113)))
-    need = bytes_per_member(arch, 3830, 8939, grokfast=False)
-    assert arch.n_parameters() * 16 < need < 1 << 30   # parameters and AdamW state, plus activations
+    need = state_bytes_per_member(arch, grokfast=False) + activation_bytes_per_member(arch, 8939)
+    assert state_bytes_per_member(arch, grokfast=False) == arch.n_parameters() * 16  # weights, grads, 2 moments
+    assert 50 << 20 < need < 1 << 30
     assert members_per_chunk(100, need, 10 * need) == 10
     with pytest.raises(GrokscopeError, match=r"one member needing about \d+ MiB.*at most the 0 MiB"):
         members_per_chunk(1, need, 1000)
