@@ -3,6 +3,7 @@
     grokscope train --out DIR [--preset NAME] [options]
     grokscope analyze PATH [--out DIR] [--workers N] [--json] [--trust-pickle]
     grokscope classify MODEL [--json]
+    grokscope sweep [SPEC] --out DIR [--grid FIELD=V1,V2] [--seeds N] [--device D] [--engine local|ray]
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its arguments and sets
 ``handler`` to a ``_run_<name>(args) -> int`` function; ``main`` parses and dispatches. Heavy modules
@@ -154,7 +155,101 @@ def _run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = (_add_train, _add_analyze, _add_classify)
+def _add_sweep(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep", help="train every member of a sweep spec (resumes and extends an existing sweep)",
+        description="Train the members of SPEC (YAML or JSON: base, set, grid, zip, random, seeds; see "
+                    "docs/sweeps.md) into DIR/runs/<member-id>/, keeping DIR/sweep.json and DIR/index.csv. "
+                    "Simple axes can be given as flags instead of, or on top of, a spec file. Running the same "
+                    "command again continues the sweep.")
+    parser.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec file (.yaml, .yml or .json)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="sweep folder (created if needed)")
+    parser.add_argument("--base", metavar="NAME", help=f"preset to start from: {', '.join(PRESET_NAMES)}")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a fixed setting for every member (repeatable)")
+    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                        help="a crossed axis (repeatable)")
+    parser.add_argument("--zip", action="append", default=[], metavar="FIELD=V1,V2,...",
+                        help="a paired axis: the i-th values of all --zip axes go together (repeatable)")
+    parser.add_argument("--seeds", type=int, metavar="N", help="initialisation seeds 0..N-1 for every member")
+    parser.add_argument("--device", default="cpu", metavar="D", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--engine", default="local", choices=("local", "ray"),
+                        help="local processes (default) or a Ray cluster")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="processes on this machine, one torch thread each (default: one per core)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="address of a running Ray cluster (default: start a local one)")
+    parser.add_argument("--max-members", type=int, metavar="M", help="at most M members per stack")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_sweep)
+
+
+def _parse_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _flag_axes(flags: list[str], option: str) -> dict:
+    axes = {}
+    for flag in flags:
+        name, sep, values = flag.partition("=")
+        if not sep or not name or not values:
+            raise GrokscopeError(f"{option} {flag!r}", expected="FIELD=V1,V2,...", where="grokscope sweep")
+        axes[name.strip().replace("-", "_")] = [_parse_value(v.strip()) for v in values.split(",")]
+    return axes
+
+
+def sweep_spec_from_args(args: argparse.Namespace) -> dict:
+    """The spec of ``grokscope sweep``: the SPEC file, with the flags' base, settings and axes added."""
+    from grokscope.sweep_spec import load_spec
+
+    spec = load_spec(args.spec) if args.spec else {}
+    if args.base:
+        spec["base"] = args.base
+    fixed = {name: values[0] for name, values in _flag_axes(args.set, "--set").items()}
+    for key, flags, option in (("grid", args.grid, "--grid"), ("zip", args.zip, "--zip")):
+        axes = _flag_axes(flags, option)
+        if axes:
+            spec[key] = {**(spec.get(key) or {}), **axes}
+    if fixed:
+        spec["set"] = {**(spec.get("set") or {}), **fixed}
+    if args.seeds is not None:
+        spec["seeds"] = args.seeds
+    if not spec:
+        raise GrokscopeError("no spec file and no --base, --grid, --zip or --seeds",
+                             expected="a SPEC file or axes given as flags", where="grokscope sweep")
+    return spec
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from grokscope.sweep_runner import run_sweep
+
+    for name in ("workers", "max_members", "seeds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise GrokscopeError(f"--{name.replace('_', '-')} {value}", expected="a positive integer",
+                                 where="grokscope sweep")
+    plan = run_sweep(sweep_spec_from_args(args), args.out, device=args.device, engine=args.engine,
+                     workers=args.workers, ray_address=args.ray_address, max_members=args.max_members,
+                     progress=not args.quiet)
+    from grokscope.sweep_runner import read_index
+
+    rows = read_index(args.out)
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("finished", "failed", "pending")}
+    grokked = sum(bool(row["test_99_step"]) for row in rows)
+    print(f"sweep {args.out}: {len(plan.members)} members, {counts['finished']} finished, {grokked} reached test "
+          f"accuracy 99%, {counts['failed']} failed; index in {args.out}/index.csv")
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"  failed {row['id']}: {row['error']}")
+    return 1 if counts["failed"] else 0
+
+
+SUBCOMMANDS = (_add_train, _add_sweep, _add_analyze, _add_classify)
 """The functions that add one subcommand each to the parser, in help order."""
 
 

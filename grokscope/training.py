@@ -122,7 +122,8 @@ class _Member:
     schedule: frozenset[int] = frozenset()
 
 
-def _architecture_key(config: TrainConfig) -> tuple:
+def stack_key(config: TrainConfig) -> tuple:
+    """What members must share to train in one stack: the architecture and the number of epochs."""
     return (Architecture.from_config(config.model_config()), config.epochs)
 
 
@@ -137,10 +138,10 @@ def _check_batch(configs: list[TrainConfig], outs: list[Path]) -> None:
     if len(set(resolved)) != len(resolved):
         raise GrokscopeError("the same folder for two members", expected="one folder per member",
                              where="train_members")
-    first = _architecture_key(configs[0])
+    first = stack_key(configs[0])
     for i, config in enumerate(configs[1:], start=1):
-        if _architecture_key(config) != first:
-            raise GrokscopeError(f"member {i} with architecture/epochs {_architecture_key(config)}",
+        if stack_key(config) != first:
+            raise GrokscopeError(f"member {i} with architecture/epochs {stack_key(config)}",
                                  expected=f"the same as member 0: {first}", where="train_members")
 
 
@@ -334,7 +335,9 @@ def _train_stack(members: list[_Member], arch: Architecture, device: torch.devic
             values = stack.pass_over(stack.train_rows, gradients=not last and step != stop, accuracy=any(logging))
             if any(logging):
                 pending.append((step, stack.metrics(values), logging))
-            saving = [step in member.schedule or step == stop for member in members]
+            # A resumed member's files at its start step are complete already: leave them untouched.
+            saving = [(step in member.schedule or step == stop) and not (step == start and member.resume_tensors)
+                      for member in members]
             if any(saving) or device.type == "cpu":
                 _flush_logs(members, pending, bar)
             if any(saving):
@@ -386,9 +389,13 @@ def _flush_logs(members: list[_Member], pending: list, bar) -> None:
 
 
 def _save_member_step(stack: _Stack, index: int, member: _Member, step: int, last: bool, elapsed: float) -> None:
-    """Checkpoint, log.csv, then the resume state: a kill between them resumes from the previous state."""
-    ck.save_tensors(member.out / ck.CHECKPOINT_DIR / ck.checkpoint_filename(step),
-                    member_state_dict(stack.params, index), metadata={"step": str(step)})
+    """Checkpoint, log.csv, then the resume state: a kill between them resumes from the previous state.
+
+    A step off the member's schedule (where a catching-up stack stops) gets no checkpoint, only the rest.
+    """
+    if step in member.schedule:
+        ck.save_tensors(member.out / ck.CHECKPOINT_DIR / ck.checkpoint_filename(step),
+                        member_state_dict(stack.params, index), metadata={"step": str(step)})
     ck.atomic_write(member.out / ck.LOG_CSV, ck.log_to_csv(member.log))
     if not last:
         ck.save_tensors(member.out / ck.RESUME_FILE, stack.resume_state(index),
