@@ -276,3 +276,40 @@ def test_cuda_members_follow_the_cpu_run(tmp_path):
     assert gpu.steps == cpu.steps
     _assert_close_weights(_final_weights(tmp_path / "cpu", 100), _final_weights(tmp_path / "gpu", 100), 1e-2)
     assert math.isclose(gpu.log["train_acc"][-1], cpu.log["train_acc"][-1], abs_tol=0.02)
+
+
+class _Terminal:
+    """A stderr that says it is a terminal and keeps what was written."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        self.parts.append(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+    @property
+    def text(self):
+        return "".join(self.parts)
+
+
+def test_one_progress_bar_for_a_stack_counts_memorised_and_grokked(tmp_path, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    configs = [_tiny(seed=s, epochs=30, checkpoint_every=10) for s in (0, 1)]
+    train_members(configs, [tmp_path / "a", tmp_path / "b"], progress=True)
+    assert "train p=23 add x2" in terminal.text and "30/30" in terminal.text
+    assert "memorised=" in terminal.text and "/2" in terminal.text and "grokked=" in terminal.text
+    single = _Terminal()
+    monkeypatch.setattr("sys.stderr", single)
+    train(configs[0], tmp_path / "c", progress=True)
+    assert "train p=23 add" in single.text and "test_acc=" in single.text and "epoch" in single.text
+    quiet = _Terminal()
+    monkeypatch.setattr("sys.stderr", quiet)
+    train(configs[0], tmp_path / "d", progress=False)
+    assert quiet.text == ""
