@@ -43,7 +43,7 @@ from grokscope.formats import native
 from grokscope.formats.base import Run
 from grokscope.models import (HookedTransformer, HookedTransformerConfig, build_model, cross_entropy_f64,
                               final_logits, nanda_config, parameter_state_dict, pizza_config)
-from grokscope.progress import Progress
+from grokscope.progress import progress_bar
 from grokscope.tasks import Task, held_out_mask
 
 FROZEN_PARAMETERS = ("b_Q", "b_K", "b_V", "b_O", "b_U")
@@ -360,7 +360,8 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run
     schedule = set(config.checkpoint_steps())
     clock = time.perf_counter()
 
-    with Progress(config.epochs, desc=f"train p={task.p} {task.op}", initial=start, enabled=progress) as bar:
+    with progress_bar(config.epochs, desc=f"train p={task.p} {task.op}", initial=start, enabled=progress,
+                      unit="epoch") as bar:
         for step in range(start, config.epochs + 1):
             last = step == config.epochs
             with torch.set_grad_enabled(not last):
@@ -374,7 +375,7 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run
                            (test_logits.argmax(-1) == test_labels).double().mean().item())
                 for column, value in zip(ck.LOG_COLUMNS, row):
                     log[column].append(value)
-                bar.update(step, train_loss=row[1], test_loss=row[2], train_acc=row[3], test_acc=row[4])
+                bar.set_postfix(dict(zip(ck.LOG_COLUMNS[1:], row[1:])), refresh=False)
             if step in schedule:
                 ck.save_tensors(checkpoint_dir / ck.checkpoint_filename(step), parameter_state_dict(model),
                                 metadata={"step": str(step)})
@@ -389,7 +390,7 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run
                 grokfast.apply()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            bar.update(step + 1)
+            bar.update(1)
     wall_time = elapsed + time.perf_counter() - clock
     ck.write_json(out / ck.RUN_JSON, run_metadata(config, finished=True, wall_time_s=round(wall_time, 3)))
     resume_path.unlink(missing_ok=True)
