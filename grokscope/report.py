@@ -203,7 +203,8 @@ def render_report(summary: Mapping[str, Any], figures: Sequence[tuple[str, go.Fi
     meta += [f"<p><strong>Source:</strong> <code>{_e(path if path is not None else 'unknown')}</code>"
             f" ({_e(source.get('format', 'format unknown'))})</p>"]
     if checkpoints:
-        span = f", steps {rs.fmt(steps[0])} to {rs.fmt(steps[-1])}" if steps else ""
+        span = (f", step {rs.fmt(steps[0])}" if len(steps) == 1
+                else f", steps {rs.fmt(steps[0])} to {rs.fmt(steps[-1])}" if steps else "")
         meta.append(f"<p><strong>Checkpoints:</strong> {_e(rs.fmt(checkpoints.get('count', len(steps))))}"
                     f"{_e(span)}</p>")
     if rs.fmt(summary.get("attention_rate")):

@@ -191,7 +191,7 @@ def verdict(c: Mapping[str, Any]) -> str:
                          numeric=(1,)))
     if _known(confidence) and confidence < 1:
         out.append(muted("The logit-template vote sets the confidence: 1 when it clearly agrees with the "
-                         "label from GS and DI, 0.5 when it is neutral or missing, towards 0 when it disagrees"
+                         "label from GS and DI, 0.5 when it is neutral or missing, towards 0 when it disagrees."
                          if label in ("clock", "pizza") else
                          "The confidence falls as the logit-template vote leans clearly to clock or pizza."))
     return "".join(out)

@@ -124,6 +124,7 @@ def test_header_and_sections(page):
     assert "runs/&lt;b&gt;p59&lt;/b&gt; &amp; co/model_p99zdpze5l.pt" in text and "(zhong2023)" in text
     assert "3, steps 0 to 20000" in text
     assert "steps 0 to 20000" in report.render_report(make_summary(checkpoints={"steps": [0.0, 20000.0]}))
+    assert "1, step 20000</p>" in report.render_report(make_summary(checkpoints={"count": 1, "steps": [20000]}))
     for expected in ["<td>gradient symmetricity (GS)</td><td class=\"num\">0.9937</td>",
                      "<td>distance irrelevance (DI, correct logit)</td><td class=\"num\">0.1717</td>",
                      "clock 75.4%, pizza 98.3%", "(100 samples, seed 42)", "<li>GS 0.994 &gt;= 0.98</li>",
