@@ -324,8 +324,11 @@ class _FakeTerminal(io.StringIO):
 
 
 def test_progress_bar_draws_on_a_terminal_only():
+    from tqdm.auto import tqdm
+
     from grokscope.progress import progress_bar
 
+    assert isinstance(progress_bar(1, enabled=False), tqdm)  # tqdm.auto: a widget in notebooks
     terminal = _FakeTerminal()
     with progress_bar(200, desc="train", initial=50, file=terminal, unit="epoch") as bar:
         bar.set_postfix({"train_loss": 0.012345, "test_acc": 0.5}, refresh=False)
