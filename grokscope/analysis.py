@@ -42,7 +42,7 @@ from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fouri
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.phases import Phases, find_phases
-from grokscope.progress import Progress
+from grokscope.progress import progress_bar
 from grokscope.tasks import Task
 from grokscope.views import model_views
 
@@ -273,9 +273,8 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
 
     rows, by_step, seen_notes = [], {} if recompute_key_freqs else None, set()
     fixed = None if recompute_key_freqs else chosen
-    with Progress(len(run.steps), desc=f"analyze p={task.p}", enabled=progress) as bar:
-        for count, (step, row, row_notes, own) in enumerate(
-                _measured_checkpoints(run, fixed, rule, basis, workers), start=1):
+    with progress_bar(len(run.steps), desc=f"analyze p={task.p}", enabled=progress, unit="ckpt") as bar:
+        for step, row, row_notes, own in _measured_checkpoints(run, fixed, rule, basis, workers):
             rows.append((step, row))
             if own is not None:
                 by_step[int(step)] = list(own.freqs)
@@ -283,7 +282,8 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
                 if note not in seen_notes:
                     seen_notes.add(note)
                     notes.append(note)
-            bar.update(count, step=step, test_loss=row["test_loss"], full_acc=row["full_acc"])
+            bar.set_postfix({"step": step, "test_loss": row["test_loss"], "full_acc": row["full_acc"]}, refresh=False)
+            bar.update(1)
     table = assemble_table(rows)
     if recompute_key_freqs and by_step:
         chosen = KeyFrequencies(freqs=by_step[table["step"][-1]], rule=rule, threshold=chosen.threshold,

@@ -35,6 +35,7 @@ from grokscope.engine import (FROZEN_PARAMETERS, Architecture, MemberRows, Membe
 from grokscope.errors import GrokscopeError
 from grokscope.formats import native
 from grokscope.formats.base import Run
+from grokscope.progress import progress_bar
 from grokscope.recipes import MODEL_FIELDS, PRESETS, TrainConfig, preserved_global_rng  # noqa: F401 (re-exported)
 from grokscope.tasks import held_out_mask
 
@@ -403,15 +404,9 @@ def _save_member_step(stack: _Stack, index: int, member: _Member, step: int, las
 
 
 def _progress_bar(members: list[_Member], start: int, end: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
     task = members[0].config.task
     desc = f"train p={task.p} {task.op}" + (f" x{len(members)}" if len(members) > 1 else "")
-    in_notebook = tqdm.__module__.endswith("notebook")  # a widget there; elsewhere only on a terminal
-    return tqdm(total=end, initial=start, desc=desc, unit="epoch", disable=False if in_notebook else None,
-                dynamic_ncols=True, mininterval=0.5)
+    return progress_bar(end, desc=desc, initial=start, enabled=enabled, unit="epoch")
 
 
 def first_step_at(log: dict[str, list], column: str, threshold: float = 0.99) -> int | None:

@@ -309,14 +309,23 @@ class _FakeTerminal(io.StringIO):
 
 
 def test_progress_bar_draws_on_a_terminal_only():
-    from grokscope.progress import Progress
+    from tqdm.auto import tqdm
 
+    from grokscope.progress import progress_bar
+
+    assert isinstance(progress_bar(1, enabled=False), tqdm)  # tqdm.auto: a widget in notebooks
     terminal = _FakeTerminal()
-    with Progress(200, desc="train", initial=50, stream=terminal, min_interval=0.0) as bar:
-        bar.update(100, train_loss=0.012345, test_acc=0.5)
-    assert "train  [############------------] 100/200" in terminal.text
-    assert "train_loss 0.0123  test_acc 0.5" in terminal.text and terminal.text.endswith("\n")
-    quiet = _FakeTerminal()
-    with Progress(10, stream=quiet, enabled=False) as bar:
-        bar.update(5, train_loss=1.0)
-    assert quiet.text == ""
+    with progress_bar(200, desc="train", initial=50, file=terminal, unit="epoch") as bar:
+        bar.set_postfix({"train_loss": 0.012345, "test_acc": 0.5}, refresh=False)
+        bar.update(50)
+        assert not bar.disable and bar.n == 100
+    final = terminal.text.split("\r")[-1]
+    assert final.startswith("train:  50%|") and "| 100/200 [" in final, final
+    assert "epoch/s" in final and "train_loss=0.0123, test_acc=0.5" in final, final
+    assert terminal.text.endswith("\n")
+    for enabled, stream in ((False, _FakeTerminal()), (True, io.StringIO()), (None, io.StringIO())):
+        with progress_bar(10, file=stream, enabled=enabled) as bar:
+            bar.set_postfix(train_loss=1.0)
+            assert bar.disable, (enabled, type(stream))
+            bar.update(5)
+        assert stream.getvalue() == "", (enabled, type(stream))
