@@ -60,7 +60,7 @@ header code{background:rgba(255,255,255,.15);color:#fff}
 .verdict{margin:.2rem 0 .4rem} .confidence{font-size:1.1rem;margin-left:.6rem}
 .meaning{margin:.2rem 0 .6rem;max-width:60rem}
 ul.strip{list-style:none;padding:0;margin:.3rem 0;display:flex;flex-wrap:wrap;gap:.3rem 1.6rem}
-.muted{color:#666} .nowrap{white-space:nowrap} header .muted{color:#c9d3e3} nav a{margin-right:.9rem;white-space:nowrap}
+.muted{color:#666} .nowrap{white-space:nowrap} header .muted{color:#c9d3e3} nav{display:flex;flex-wrap:wrap;gap:.2rem .9rem} nav a{white-space:nowrap}
 .gs-plot{width:100%}
 """
 
