@@ -20,7 +20,6 @@ with the reason, and wide tables scroll inside their box instead of widening the
 True
 """
 
-import html as _html
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -51,7 +50,8 @@ h2{font-size:1.2rem;margin:.2rem 0 .6rem} h3{font-size:1.02rem;margin:.9rem 0 .3
 .scroll{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;margin:.3rem 0;font-size:.92rem}
 td,th{border-bottom:1px solid #eee;padding:.25rem .7rem .25rem 0;text-align:left;vertical-align:top}
-td:last-child,th:last-child{padding-right:0} th{font-weight:600;color:#444} .path{overflow-wrap:anywhere} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td:last-child,th:last-child{padding-right:0} th{font-weight:600;color:#444} .path{overflow-wrap:anywhere}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code{background:#f3f3f3;padding:0 .2rem;border-radius:3px}
 header code{background:rgba(255,255,255,.15);color:#fff}
 .label{display:inline-block;padding:.1rem .6rem;border-radius:1rem;color:#fff;font-weight:600;white-space:nowrap}
@@ -60,17 +60,12 @@ header code{background:rgba(255,255,255,.15);color:#fff}
 .verdict{margin:.2rem 0 .4rem} .confidence{font-size:1.1rem;margin-left:.6rem}
 .meaning{margin:.2rem 0 .6rem;max-width:60rem}
 ul.strip{list-style:none;padding:0;margin:.3rem 0;display:flex;flex-wrap:wrap;gap:.3rem 1.6rem}
-.muted{color:#666} .nowrap{white-space:nowrap} header .muted{color:#c9d3e3} nav a{margin-right:.9rem;white-space:nowrap}
+.muted{color:#666} .nowrap{white-space:nowrap} header .muted{color:#c9d3e3} nav{display:flex;flex-wrap:wrap;gap:.2rem .9rem} nav a{white-space:nowrap}
 .gs-plot{width:100%}
 """
 
 
-def _e(value: Any) -> str:
-    return _html.escape(str(value), quote=True)
-
-
-def _generic(value: Any) -> str:
-    return rs.generic(value)
+_e = rs.esc
 
 
 def _section(anchor: str, title: str, body: str, cls: str = "") -> str:
@@ -99,6 +94,26 @@ def _n_checkpoints(summary: Mapping[str, Any]) -> int | None:
     checkpoints = summary.get("checkpoints") or {}
     count = checkpoints.get("count", len(checkpoints.get("steps") or []) if checkpoints else None)
     return int(count) if isinstance(count, (int, float)) else None
+
+
+def _header_meta(summary: Mapping[str, Any]) -> str:
+    """Task, source, checkpoints, attention rate and version, one line each."""
+    source, task = summary.get("source") or {}, summary.get("task") or {}
+    path = source.get("path")
+    checkpoints = summary.get("checkpoints") or {}
+    steps = checkpoints.get("steps") or []
+    meta = [] if "models" in summary and not task else [f"<p><strong>Task:</strong> {_e(_task_text(task))}</p>"]
+    meta.append(f"<p><strong>Source:</strong> <code>{_e(path if path is not None else 'unknown')}</code>"
+                f" ({_e(source.get('format', 'format unknown'))})</p>")
+    if checkpoints:
+        span = (f", step {rs.fmt(steps[0])}" if len(steps) == 1
+                else f", steps {rs.fmt(steps[0])} to {rs.fmt(steps[-1])}" if steps else "")
+        meta.append(f"<p><strong>Checkpoints:</strong> {_e(rs.fmt(checkpoints.get('count', len(steps))))}"
+                    f"{_e(span)}</p>")
+    if rs.fmt(summary.get("attention_rate")):
+        meta.append(f"<p><strong>Attention rate:</strong> alpha = {_e(rs.fmt(summary['attention_rate']))}</p>")
+    meta.append(f'<p class="muted">grokscope {_e(summary.get("grokscope_version", "?"))}</p>')
+    return "".join(meta)
 
 
 def _lead(summary: Mapping[str, Any], figure: str | None) -> str:
@@ -140,10 +155,10 @@ def _evidence_sections(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]
     if "phases" in summary:
         sections.append(("phases", "Phases", rs.phases_detail(summary["phases"] or {})))
     if summary.get("notes"):
-        sections.append(("notes", "Notes", _generic(list(summary["notes"]))))
+        sections.append(("notes", "Notes", rs.generic(list(summary["notes"]))))
     for key, value in summary.items():
         if key not in _SHOWN and value not in (None, [], {}, ""):
-            sections.append((f"more-{key}", key.replace("_", " ").capitalize(), _generic(value)))
+            sections.append((f"more-{key}", key.replace("_", " ").capitalize(), rs.generic(value)))
     skipped = summary.get("skipped") or []
     body = rs.table(["path", "error"], [[rs.Html(f'<span class="path">{_e(s.get("path"))}</span>'), s.get("error")]
                                         for s in skipped]) if skipped \
@@ -194,30 +209,18 @@ def render_report(summary: Mapping[str, Any], figures: Sequence[tuple[str, go.Fi
     >>> "reason" in body, "n/a" in body, "&gt;= 0.99 to count as generalised" in body
     (False, False, True)
     """
-    source, task = summary.get("source") or {}, summary.get("task") or {}
-    path = source.get("path")
-    page_title = title or ("grokscope report" + (f": {Path(str(path)).name}" if path else ""))
-    checkpoints = summary.get("checkpoints") or {}
-    steps = checkpoints.get("steps") or []
-    meta = [] if "models" in summary and not task else [f"<p><strong>Task:</strong> {_e(_task_text(task))}</p>"]
-    meta += [f"<p><strong>Source:</strong> <code>{_e(path if path is not None else 'unknown')}</code>"
-            f" ({_e(source.get('format', 'format unknown'))})</p>"]
-    if checkpoints:
-        span = (f", step {rs.fmt(steps[0])}" if len(steps) == 1
-                else f", steps {rs.fmt(steps[0])} to {rs.fmt(steps[-1])}" if steps else "")
-        meta.append(f"<p><strong>Checkpoints:</strong> {_e(rs.fmt(checkpoints.get('count', len(steps))))}"
-                    f"{_e(span)}</p>")
-    if rs.fmt(summary.get("attention_rate")):
-        meta.append(f"<p><strong>Attention rate:</strong> alpha = {_e(rs.fmt(summary['attention_rate']))}</p>")
-    meta.append(f'<p class="muted">grokscope {_e(summary.get("grokscope_version", "?"))}</p>')
     figures = list(figures)
+    path = (summary.get("source") or {}).get("path")
+    page_title = title or ("grokscope report" + (f": {Path(str(path)).name}" if path else ""))
     lead_at = next((i for i, (t, _) in enumerate(figures) if lead_figure is not None and t == lead_figure), None)
-    ordered = ([figures[lead_at]] if lead_at is not None else []) + [f for i, f in enumerate(figures) if i != lead_at]
+    # the grokking curve is drawn first (gs-fig-0) in the lead; the other figures keep their order
+    ordered = [figures[i] for i in ([lead_at] if lead_at is not None else [])] + \
+        [f for i, f in enumerate(figures) if i != lead_at]
     lead_html = _figure_html(0, "Grokking curve", ordered[0][1], heading="h3") if lead_at is not None else None
     rest = list(enumerate(ordered))[1 if lead_at is not None else 0:]
     blocks = [("summary", "Summary", _lead(summary, lead_html), "lead")]
     blocks += [(a, t, b, "") for a, t, b in _evidence_sections(summary)]
-    blocks += [(f"extra-{i}", heading, _generic(body) if not isinstance(body, str)
+    blocks += [(f"extra-{i}", heading, rs.generic(body) if not isinstance(body, str)
                 else "".join(f"<p>{_e(line)}</p>" for line in body.split("\n\n")), "")
                for i, (heading, body) in enumerate(sections)]
     if rest:
@@ -229,7 +232,7 @@ def render_report(summary: Mapping[str, Any], figures: Sequence[tuple[str, go.Fi
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{_e(page_title)}</title><style>{_STYLE}</style>"
             f"<script>{_plotly_js()}</script></head>\n<body><header><h1>{_e(page_title)}</h1>"
-            f"{''.join(meta)}</header><main><nav>{nav}</nav>"
+            f"{_header_meta(summary)}</header><main><nav>{nav}</nav>"
             "<noscript><p>The figures need JavaScript.</p></noscript>"
             f"{body}</main></body></html>\n")
 

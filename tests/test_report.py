@@ -419,6 +419,10 @@ def test_wide_tables_fit_at_1400_px():
         result = inspect_page(report.render_report(page, []), BROWSER, width=1400)
         assert result.done and result.errors == []
         assert_fits(result.layout, 1400)
+    # in a narrow window the circles table scrolls inside its box; the page keeps the window's width
+    narrow = inspect_page(report.render_report(summary, []), BROWSER, width=800).layout
+    assert narrow["viewport"] == 800 and narrow["page"] <= 800, narrow
+    assert [box["section"] for box in narrow["boxes"] if box["scroll"] > box["client"]] == ["classification"]
 
 
 @pytest.mark.browser
