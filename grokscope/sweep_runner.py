@@ -29,6 +29,7 @@ from pathlib import Path
 
 from grokscope import checkpoints as ck
 from grokscope.errors import GrokscopeError
+from grokscope.progress import progress_bar
 from grokscope.recipes import TrainConfig
 from grokscope.sweep_spec import expand_spec, load_spec, member_id, member_key, swept_axes
 
@@ -291,12 +292,8 @@ def run_sweep(spec: dict | str | Path, out: str | Path, *, device: str = "cpu", 
     groups = plan_groups(plan, out, workers, device)
     errors: dict[str, str] = {}
     write_index(out, plan)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        finished = len(plan.members) - sum(len(ids) for ids in groups)
-        bar = tqdm(total=len(plan.members), initial=finished, desc=f"sweep {out.name}", unit="member", disable=None)
+    finished = len(plan.members) - sum(len(ids) for ids in groups)
+    bar = progress_bar(len(plan.members), desc=f"sweep {out.name}", initial=finished, enabled=progress, unit="member")
 
     def on_done(ids: list[str], results: dict[str, str | None]) -> None:
         for mid in ids:
@@ -304,8 +301,7 @@ def run_sweep(spec: dict | str | Path, out: str | Path, *, device: str = "cpu", 
             if error:
                 errors[mid] = error
         write_index(out, plan, errors)
-        if bar is not None:
-            bar.update(len(ids))
+        bar.update(len(ids))
 
     try:
         if engine == "ray":
@@ -313,7 +309,6 @@ def run_sweep(spec: dict | str | Path, out: str | Path, *, device: str = "cpu", 
         else:
             _run_local(plan, out, groups, device, workers, max_members, on_done)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         write_index(out, plan, errors)
     return plan
