@@ -23,6 +23,8 @@ _LAZY = {
     "TrainConfig": "grokscope.training",
     "train": "grokscope.training",
     "PRESETS": "grokscope.training",
+    "train_members": "grokscope.training",
+    "sweep": "grokscope.sweep_runner",
     "load_run": "grokscope.formats",
     "load_runs": "grokscope.formats",
     "detect": "grokscope.formats",
