@@ -294,12 +294,13 @@ def _prepare_folder(out: Path, config: TrainConfig) -> dict | None:
                                  expected="the same settings to resume it, or another --out folder",
                                  where=str(out))
         return saved
-    if out.is_dir() and any(not ck.is_temporary(entry.name) for entry in out.iterdir()):
+    if out.is_dir() and any(not ck.is_bookkeeping(entry.name) for entry in out.iterdir()):
         raise GrokscopeError("a non-empty folder without run.json",
                              expected="a new or empty folder, or a grokscope run to resume", where=str(out))
     return None
 
 
+@ck.holding_run_lock("out")  # one trainer per folder; the OS drops the lock when its holder dies
 def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run:
     """Train ``config`` into the native run folder ``out`` and return it read back (``formats.native.read``).
 
