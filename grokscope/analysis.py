@@ -308,6 +308,8 @@ def _nothing_readable(run, errors: list[dict[str, str]]) -> GrokscopeError:
     if not run.steps:
         return GrokscopeError("no checkpoints", expected="at least one readable checkpoint", where=str(run.source))
     first = errors[0] if errors else {"path": run.checkpoint_path(0), "error": "unreadable"}
+    if len(run.steps) == 1:  # one model: its own error says it all
+        return GrokscopeError(first["error"], where=first["path"])
     return GrokscopeError(f"no readable checkpoint among {len(run.steps)} (first: {first['path']}: {first['error']})",
                           expected="at least one readable checkpoint", where=str(run.source))
 

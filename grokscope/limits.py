@@ -121,6 +121,26 @@ def schedule_bytes(epochs: int, checkpoint_every: int, log_every: int) -> int:
     return (n_checkpoints + 5 * n_rows) * _STEP_BYTES
 
 
+def check_training_size(config, *, where: str = "TrainConfig") -> None:
+    """Refuse a TrainConfig whose model with its AdamW state (4 x ``model_bytes``: weights, gradients and
+    two moments) or whose schedule (``schedule_bytes``) does not fit in ``memory_limit()``.
+
+    The task's grid is checked by ``Task`` itself.
+    """
+    from types import SimpleNamespace
+
+    task = config.task
+    d_mlp = config.d_mlp if config.d_mlp is not None else 4 * config.d_model
+    cfg = SimpleNamespace(d_vocab=task.d_vocab, d_vocab_out=task.p, n_ctx=task.n_ctx, d_model=config.d_model,
+                          n_heads=config.n_heads, d_head=config.d_model // config.n_heads, d_mlp=d_mlp,
+                          n_layers=config.n_layers)
+    check_size(4 * model_bytes(cfg), f"d_model = {config.d_model} (d_mlp = {d_mlp}, {config.n_layers} layers, "
+                                     f"p = {task.p}) with AdamW state", where=where)
+    check_size(schedule_bytes(config.epochs, config.checkpoint_every, config.log_every),
+               f"epochs = {config.epochs} (checkpoint_every = {config.checkpoint_every}, log_every = "
+               f"{config.log_every}) in the schedule and log", where=where)
+
+
 def safetensors_bytes(path: str) -> tuple[int, str]:
     """The bytes of tensors a safetensors file's header declares, and its largest tensor in words.
 

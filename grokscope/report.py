@@ -168,6 +168,9 @@ _PHASE_EVENTS = [("memorization_step", "memorisation (train accuracy reaches 99%
 def _phases(ph: Mapping[str, Any]) -> str:
     if not ph:
         return '<p class="muted">No phases (no table of measures over training).</p>'
+    if ph.get("available") is False:
+        why = (ph.get("method") or {}).get("phases", "not available")
+        return f"<p class=\"muted\">Phases {_html.escape(str(why))}.</p>"
     method = ph.get("method") or {}
     method = dict(method) if isinstance(method, Mapping) else {"method": method}
     rows = []

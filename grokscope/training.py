@@ -41,6 +41,7 @@ from grokscope import checkpoints as ck
 from grokscope.errors import GrokscopeError
 from grokscope.formats import native
 from grokscope.formats.base import Run
+from grokscope.limits import check_training_size
 from grokscope.models import (HookedTransformer, HookedTransformerConfig, build_model, cross_entropy_f64,
                               final_logits, nanda_config, parameter_state_dict, pizza_config)
 from grokscope.progress import Progress
@@ -131,6 +132,7 @@ class TrainConfig:
         for name in _REAL_SETTINGS:
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "act_fn", str(self.act_fn).lower())
+        check_training_size(self)  # before any schedule, model or optimiser state is built
 
     # ----- derived objects ------------------------------------------------------------------------
     @property
