@@ -39,6 +39,7 @@ from torch import Tensor
 from grokscope.errors import GrokscopeError
 from grokscope.formats.base import skip_entry
 from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fourier_basis, key_frequencies)
+from grokscope.limits import check_checkpoint_count
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.phases import Phases, find_phases, unavailable
@@ -61,7 +62,8 @@ class AnalysisResult:
         key_freqs: the key frequencies every row used (from the final checkpoint unless given), or
             the final checkpoint's own when recomputed per checkpoint.
         table: column name -> list, one entry per analysed checkpoint; ``step`` first.
-        phases: phase boundaries from ``find_phases(table)``.
+        phases: phase boundaries from ``find_phases(table)``; with one checkpoint, from the run's
+            training curves where it has them (``phases_without_history``), else not available.
         skipped: ``{"path", "error"}`` per unreadable checkpoint.
         notes: what could not be computed, and why.
         classification: what ``classify`` returned for the final checkpoint (None without it).
@@ -230,12 +232,17 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
             clusters, circles, correct-logit map) in ``final_extras["views"]`` for ``figures()``.
         workers: processes measuring checkpoints in parallel (each holds one model at a time; rows
             come back in checkpoint order). 1 measures in this process.
+
+    Raises:
+        GrokscopeError: no checkpoint of the run is readable (an empty analysis means nothing), or
+            its table would not fit in memory (``limits.check_checkpoint_count``).
     """
     if not isinstance(workers, int) or workers < 1:
         raise GrokscopeError(f"workers = {workers!r}", expected="a whole number >= 1", where="analyze")
     if key_freqs is not None and recompute_key_freqs:
         raise GrokscopeError("both key_freqs and recompute_key_freqs=True", where="analyze",
                              expected="fixed key frequencies or per-checkpoint ones, not both")
+    check_checkpoint_count(len(run.steps), where=str(run.source))
     task, notes, extras = run.task, [], {}
     basis = fourier_basis(task.p)
     final_model, final_index, errors = _final_model(run)

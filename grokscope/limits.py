@@ -10,7 +10,8 @@ The sizes measured against it:
   test so that an absurd p is refused at once rather than tested for primality;
 - a model: ``model_bytes(cfg)``, its float32 parameters counted from the config;
 - a file: the bytes a safetensors header declares (``safetensors_bytes``), before any tensor is read;
-- a training schedule: the steps and log rows kept in memory (``schedule_bytes``).
+- a training schedule: the steps and log rows kept in memory (``schedule_bytes``);
+- an analysis: its table, one row of numbers per checkpoint (``table_bytes``).
 
 A refusal is a GrokscopeError naming what was asked, its size and the limit.
 
@@ -139,6 +140,20 @@ def check_training_size(config, *, where: str = "TrainConfig") -> None:
     check_size(schedule_bytes(config.epochs, config.checkpoint_every, config.log_every),
                f"epochs = {config.epochs} (checkpoint_every = {config.checkpoint_every}, log_every = "
                f"{config.log_every}) in the schedule and log", where=where)
+
+
+ROW_NUMBERS = 32
+"""Numbers in one checkpoint's row of an analysis table (15 measures and two per key frequency)."""
+
+
+def table_bytes(n_checkpoints: int) -> int:
+    """Bytes of an analysis table of ``n_checkpoints`` rows held in memory (``ROW_NUMBERS`` each)."""
+    return n_checkpoints * ROW_NUMBERS * _STEP_BYTES
+
+
+def check_checkpoint_count(n_checkpoints: int, *, where: str) -> None:
+    """Refuse a run whose analysis table (``table_bytes``) does not fit in ``memory_limit()``."""
+    check_size(table_bytes(n_checkpoints), f"{n_checkpoints} checkpoints to tabulate", where=where)
 
 
 def safetensors_bytes(path: str) -> tuple[int, str]:

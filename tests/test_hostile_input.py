@@ -256,6 +256,20 @@ def test_the_limit_is_a_quarter_of_memory_and_applies_to_any_layout(tmp_path, mo
     assert_refused(["analyze", path, "--quiet"], path, "a model with d_model = 256", "at most 1.0 MiB")
 
 
+def test_too_many_checkpoints_for_the_table(monkeypatch):
+    from grokscope.analysis import analyze
+    from grokscope.formats.base import Run
+
+    monkeypatch.setattr(limits, "memory_limit", lambda: 2**20)
+    model = make_model(4)
+    n = 2**20 // limits.table_bytes(1) + 1  # one row more than fits
+    run = Run(task=Task(p=23), cfg=model.cfg, steps=list(range(n)), load_state=lambda i: {}, source="many",
+              format="memory")
+    with pytest.raises(GrokscopeError, match=rf"^many: found {n} checkpoints to tabulate, which needs 1.0 MiB; "
+                                             r"expected at most 1.0 MiB"):
+        analyze(run, classify=None)
+
+
 # ----- non-finite weights ------------------------------------------------------------------------------
 
 def test_nan_checkpoint_in_a_run_is_skipped_and_named(run_copy, tmp_path):
