@@ -308,7 +308,9 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run
 
     Resumes an interrupted run of the same config in ``out``; returns a finished one as it is; refuses
     (GrokscopeError) a folder holding a run of another config, naming the settings that differ.
-    ``progress`` draws a progress bar on stderr when it is a terminal.
+    ``progress`` draws a progress bar on stderr when it is a terminal. The folder's lock
+    (``checkpoints.run_lock``) is held throughout: a second trainer on ``out`` gets GrokscopeError
+    naming the holder's pid.
 
     >>> import tempfile
     >>> run = train(TrainConfig.preset("fast", p=13, d_model=16, epochs=3), tempfile.mkdtemp(), progress=False)

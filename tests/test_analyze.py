@@ -93,7 +93,10 @@ def test_skipped_checkpoints_and_unreadable_final():
     assert result.key_freqs.freqs == [3, 8]          # from step 20, the last readable checkpoint
     assert [entry["path"] for entry in result.skipped] == ["mem/step_10", "mem/step_30"]
     assert "damaged" in result.skipped[0]["error"]
-    with pytest.raises(GrokscopeError, match=r"mem: found no readable checkpoint among 1 \(first: mem/step_0: "):
+    with pytest.raises(GrokscopeError, match=r"^mem: found no readable checkpoint among 2 \(first: mem/step_0: "
+                                             r"checkpoint 0 is damaged\); expected at least one readable checkpoint$"):
+        analyze(memory_run(task, lambda i: state, steps=[0, 10], cfg=clock.cfg, fail={0, 1}), classify=None)
+    with pytest.raises(GrokscopeError, match=r"^mem/step_0: checkpoint 0 is damaged$"):  # one model: its own error
         analyze(memory_run(task, lambda i: state, steps=[0], cfg=clock.cfg, fail={0}), classify=None)
 
 

@@ -389,6 +389,7 @@ def test_second_trainer_on_a_folder_refuses_then_proceeds_after_a_kill(tmp_path,
     assert "20 epochs" in stdout and (out / "checkpoints" / "step_0000020.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_killed_trainer_leaves_no_stale_lock(tmp_path):
     """A real `grokscope train` killed mid-run: the next one gets the lock and resumes to the end."""
     out = tmp_path / "run"
