@@ -7,7 +7,7 @@ Layout (DESIGN.md, "Native run format")::
     DIR/checkpoints/step_XXXXXXX.safetensors      HookedTransformer parameters (no buffers)
     DIR/log.csv                                   step,train_loss,test_loss,train_acc,test_acc
     DIR/resume.safetensors                        optimiser state of the newest checkpoint (while training)
-    DIR/.grokscope.lock                           the trainer's lock (``run_lock``): the holder's pid
+    DIR/.grokscope.lock                           while training: the trainer's lock (``run_lock``), its pid
 
 Every file is written to a hidden temporary name in its own folder, fsync'd and renamed over the
 final name (``atomic_write``), so a reader never sees half a file under a real name, whatever
@@ -140,8 +140,10 @@ def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
     The lock is ``fcntl.flock`` on ``folder/.grokscope.lock`` (the folder is created if needed),
     taken without waiting: while another process holds it, GrokscopeError names the folder and the
     holder's pid (written into the file). The operating system releases a flock when its holder
-    exits, however it dies (SIGKILL included), so no stale lock survives a killed trainer; the file
-    itself stays, empty of meaning until the next holder writes its pid.
+    exits, however it dies (SIGKILL included), so a killed trainer leaves no stale lock: the next
+    holder takes over its file. On a normal exit the holder removes the file while still holding
+    it, so a folder is left as it was; a holder checks after locking that its file is still the one
+    under the name (not one removed meanwhile), else it starts again.
 
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
@@ -154,25 +156,37 @@ def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
     >>> with run_lock(folder) as lock:  # released on exit, so taking it again works
     ...     lock.name
     '.grokscope.lock'
+    >>> os.listdir(folder)
+    []
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise GrokscopeError("a file", expected="a folder for the run (or a new path)", where=str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
             raise GrokscopeError(f"a run locked by process {holder} (another grokscope train is writing it)",
                                  expected="one trainer per folder: wait for it to finish, or use another --out",
                                  where=str(folder)) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was removed by its last holder after we opened it: lock the new one
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
+        path.unlink(missing_ok=True)  # while still holding the lock, so no one else holds this file
         os.close(fd)  # closing the only descriptor releases the flock
 
 

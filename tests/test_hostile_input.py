@@ -369,8 +369,10 @@ def test_run_lock_refuses_a_second_holder_and_survives_sigkill(tmp_path):
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    with run_lock(folder) as path:  # the OS released the dead holder's lock: nothing stale
+    assert (folder / LOCK_FILE).is_file()  # the dead holder could not remove its file...
+    with run_lock(folder) as path:  # ...but the OS released its lock: the file is taken over
         assert path.read_text().strip() == str(os.getpid())
+    assert not (folder / LOCK_FILE).exists()  # a normal exit removes it
 
 
 def test_second_trainer_on_a_folder_refuses_then_proceeds_after_a_kill(tmp_path, tiny_config):
@@ -387,6 +389,7 @@ def test_second_trainer_on_a_folder_refuses_then_proceeds_after_a_kill(tmp_path,
     status, stdout, stderr = run_cli(args)
     assert status == 0, stderr
     assert "20 epochs" in stdout and (out / "checkpoints" / "step_0000020.safetensors").is_file()
+    assert not (out / LOCK_FILE).exists()
 
 
 @pytest.mark.slow
