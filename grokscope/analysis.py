@@ -39,9 +39,10 @@ from torch import Tensor
 from grokscope.errors import GrokscopeError
 from grokscope.formats.base import skip_entry
 from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fourier_basis, key_frequencies)
+from grokscope.limits import check_checkpoint_count
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
-from grokscope.phases import Phases, find_phases
+from grokscope.phases import Phases, find_phases, unavailable
 from grokscope.progress import progress_bar
 from grokscope.tasks import Task
 from grokscope.views import model_views
@@ -61,7 +62,8 @@ class AnalysisResult:
         key_freqs: the key frequencies every row used (from the final checkpoint unless given), or
             the final checkpoint's own when recomputed per checkpoint.
         table: column name -> list, one entry per analysed checkpoint; ``step`` first.
-        phases: phase boundaries from ``find_phases(table)``.
+        phases: phase boundaries from ``find_phases(table)``; with one checkpoint, from the run's
+            training curves where it has them (``phases_without_history``), else not available.
         skipped: ``{"path", "error"}`` per unreadable checkpoint.
         notes: what could not be computed, and why.
         classification: what ``classify`` returned for the final checkpoint (None without it).
@@ -116,7 +118,8 @@ class AnalysisResult:
         info, final = self.run_info, self.final_row
         steps = self.steps
         span = f"{len(steps)} checkpoints, steps {steps[0]}..{steps[-1]}" if steps else "no checkpoints"
-        grok = (f"grokked at step {self.phases.grokking_step}" if self.phases.grokked
+        grok = ("not available" if not getattr(self.phases, "available", True)
+                else f"grokked at step {self.phases.grokking_step}" if self.phases.grokked
                 else "did not grok" if steps else "-")
         accuracy = final.get("full_acc", math.nan)
         return [("run", f"{info.get('format')} p={self.task.p} op={self.task.op} ({info.get('source')})"),
@@ -189,14 +192,16 @@ def assemble_table(rows: list[tuple[int, dict[str, float]]]) -> dict[str, list]:
     return table
 
 
-def _final_model(run) -> tuple[HookedTransformer | None, int | None]:
-    """The last readable checkpoint (index counted from the start), without touching run.skipped."""
+def _final_model(run) -> tuple[HookedTransformer | None, int | None, list[dict[str, str]]]:
+    """The last readable checkpoint (index counted from the start) and the errors of those after it,
+    without touching run.skipped."""
+    errors = []
     for i in reversed(range(len(run.steps))):
         try:
-            return run.model(i), i
-        except GrokscopeError:
-            continue
-    return None, None
+            return run.model(i), i, errors
+        except GrokscopeError as error:
+            errors.append(skip_entry(run.checkpoint_path(i), error))
+    return None, None, errors
 
 
 def _auto_classifier() -> Callable | None:
@@ -227,48 +232,51 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
             clusters, circles, correct-logit map) in ``final_extras["views"]`` for ``figures()``.
         workers: processes measuring checkpoints in parallel (each holds one model at a time; rows
             come back in checkpoint order). 1 measures in this process.
+
+    Raises:
+        GrokscopeError: no checkpoint of the run is readable (an empty analysis means nothing), or
+            its table would not fit in memory (``limits.check_checkpoint_count``).
     """
     if not isinstance(workers, int) or workers < 1:
         raise GrokscopeError(f"workers = {workers!r}", expected="a whole number >= 1", where="analyze")
     if key_freqs is not None and recompute_key_freqs:
         raise GrokscopeError("both key_freqs and recompute_key_freqs=True", where="analyze",
                              expected="fixed key frequencies or per-checkpoint ones, not both")
+    check_checkpoint_count(len(run.steps), where=str(run.source))
     task, notes, extras = run.task, [], {}
     basis = fourier_basis(task.p)
-    final_model, final_index = _final_model(run)
+    final_model, final_index, errors = _final_model(run)
     classification = None
     if final_model is None:
-        notes.append("no readable checkpoint")
-        chosen = KeyFrequencies(freqs=[], rule=rule, threshold=math.nan)
+        raise _nothing_readable(run, errors[::-1])
+    if isinstance(key_freqs, KeyFrequencies):
+        as_freq_list(key_freqs, task.p)
+        chosen = key_freqs
+    elif key_freqs is not None:
+        chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, task.p), rule="given", threshold=math.nan)
     else:
-        if isinstance(key_freqs, KeyFrequencies):
-            as_freq_list(key_freqs, task.p)
-            chosen = key_freqs
-        elif key_freqs is not None:
-            chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, task.p), rule="given", threshold=math.nan)
-        else:
-            chosen = _key_frequencies_or_none(final_model, task, rule, None, basis)
-            if "error" in chosen.detail:
-                notes.append(f"key frequencies: {chosen.detail['error']}")
-            if not chosen.freqs:
-                notes.append(f"rule {rule} found no key frequency at the final checkpoint (step "
-                             f"{run.steps[final_index]}); restricted / excluded losses use K = {{}}")
-        classifier = _auto_classifier() if classify == "auto" else classify
-        if classifier is not None:
-            try:
-                classification = classifier(final_model, task)
-            except GrokscopeError as error:
-                notes.append(f"classification: {error}")
-        inspectors = dict(inspect_final or {})
-        if views:
-            circle_labels = {index: label for index, _, label in getattr(classification, "circle_labels", ())}
-            inspectors.setdefault("views", lambda model, task: model_views(
-                model, task, key_freqs=chosen.freqs, circle_labels=circle_labels))
-        for name, inspect in inspectors.items():
-            try:
-                extras[name] = inspect(final_model, task)
-            except GrokscopeError as error:
-                notes.append(f"{name}: {error}")
+        chosen = _key_frequencies_or_none(final_model, task, rule, None, basis)
+        if "error" in chosen.detail:
+            notes.append(f"key frequencies: {chosen.detail['error']}")
+        if not chosen.freqs:
+            notes.append(f"rule {rule} found no key frequency at the final checkpoint (step "
+                         f"{run.steps[final_index]}); restricted / excluded losses use K = {{}}")
+    classifier = _auto_classifier() if classify == "auto" else classify
+    if classifier is not None:
+        try:
+            classification = classifier(final_model, task)
+        except (GrokscopeError, torch.linalg.LinAlgError) as error:  # e.g. weights so large the SVD fails
+            notes.append(f"classification: {error}")
+    inspectors = dict(inspect_final or {})
+    if views:
+        circle_labels = {index: label for index, _, label in getattr(classification, "circle_labels", ())}
+        inspectors.setdefault("views", lambda model, task: model_views(
+            model, task, key_freqs=chosen.freqs, circle_labels=circle_labels))
+    for name, inspect in inspectors.items():
+        try:
+            extras[name] = inspect(final_model, task)
+        except (GrokscopeError, torch.linalg.LinAlgError) as error:
+            notes.append(f"{name}: {error}")
     del final_model
 
     rows, by_step, seen_notes = [], {} if recompute_key_freqs else None, set()
@@ -290,7 +298,10 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
                                 detail={"recomputed_per_checkpoint": True})
     if run.train_indices is None:
         notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows")
-    phases = find_phases(table)
+    if not table["step"]:  # the final checkpoint was readable once but not when streamed
+        raise _nothing_readable(run, run.skipped)
+    phases = find_phases(table) if len(table["step"]) > 1 else phases_without_history(run, table["step"][-1])
+    notes.extend(note for note in phases.notes if note.startswith("phases "))
     skipped = _unique(run.skipped)
     info = {"source": run.source, "format": run.format, "task": task.to_dict(), "n_ctx": task.n_ctx,
             "alpha": float(run.alpha), "n_checkpoints": len(table["step"]),
@@ -298,6 +309,37 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
     return AnalysisResult(run_info=info, task=task, key_freqs=chosen, table=table, phases=phases,
                           skipped=skipped, notes=notes, classification=classification,
                           key_freqs_by_step=by_step, final_extras=extras)
+
+
+def _nothing_readable(run, errors: list[dict[str, str]]) -> GrokscopeError:
+    if not run.steps:
+        return GrokscopeError("no checkpoints", expected="at least one readable checkpoint", where=str(run.source))
+    first = errors[0] if errors else {"path": run.checkpoint_path(0), "error": "unreadable"}
+    if len(run.steps) == 1:  # one model: its own error says it all
+        return GrokscopeError(first["error"], where=first["path"])
+    return GrokscopeError(f"no readable checkpoint among {len(run.steps)} (first: {first['path']}: {first['error']})",
+                          expected="at least one readable checkpoint", where=str(run.source))
+
+
+def phases_without_history(run, step: int) -> Phases:
+    """Phases of a run with one analysed checkpoint (at ``step``): from the training curves stored with it
+    (``run.log``, cut at ``step``) when they have two rows or more, else not available.
+
+    Curve phases say so in ``method`` and have ``source = "training curves"``; boundaries that need
+    measures of checkpoints (the excluded-loss rise) are None with a note.
+    """
+    log = run.log or {}
+    keep = [i for i, s in enumerate(log.get("step", [])) if s <= step]
+    curves = {name: [values[i] for i in keep] for name, values in log.items()} if len(keep) > 1 else None
+    if curves is None or len(curves) < 2:
+        return unavailable("a single checkpoint and no training curves")
+    phases = find_phases(curves)
+    columns = ", ".join(name for name in curves if name != "step")
+    prefix = f"from the training curves stored with the run ({columns}; no checkpoints): "
+    phases.method = {name: prefix + rule for name, rule in phases.method.items()}
+    phases.source = "training curves"
+    phases.notes.insert(0, f"phases from the training curves ({len(keep)} rows of {columns}), not from checkpoints")
+    return phases
 
 
 def _measured_checkpoints(run, key_freqs, rule, basis, workers):

@@ -7,6 +7,7 @@ Layout (DESIGN.md, "Native run format")::
     DIR/checkpoints/step_XXXXXXX.safetensors      HookedTransformer parameters (no buffers)
     DIR/log.csv                                   step,train_loss,test_loss,train_acc,test_acc
     DIR/resume.safetensors                        optimiser state of the newest checkpoint (while training)
+    DIR/.grokscope.lock                           while training: the trainer's lock (``run_lock``), its pid
 
 Every file is written to a hidden temporary name in its own folder, fsync'd and renamed over the
 final name (``atomic_write``), so a reader never sees half a file under a real name, whatever
@@ -21,24 +22,30 @@ matching ``CHECKPOINT_PATTERN`` is ever a temporary file.
 [0, 1, 2, 3, 6, 10, 18, 25, 32, 50, 56, 75, 100]
 """
 
+import contextlib
 import csv
+import fcntl
+import functools
+import inspect
 import io
 import json
 import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from grokscope.errors import GrokscopeError
+from grokscope.limits import check_safetensors_size
 
 RUN_JSON = "run.json"
 SPLIT_FILE = "split.safetensors"
 CHECKPOINT_DIR = "checkpoints"
 LOG_CSV = "log.csv"
 RESUME_FILE = "resume.safetensors"
+LOCK_FILE = ".grokscope.lock"
 FORMAT_NAME = "grokscope-native"
 FORMAT_VERSION = 1
 
@@ -121,6 +128,81 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def is_bookkeeping(name: str) -> bool:
+    """Whether ``name`` is a file grokscope keeps beside a run's data: a temporary file or the lock."""
+    return name == LOCK_FILE or is_temporary(name)
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run folder's lock for the ``with`` block: one writer per folder at a time.
+
+    The lock is ``fcntl.flock`` on ``folder/.grokscope.lock`` (the folder is created if needed),
+    taken without waiting: while another process holds it, GrokscopeError names the folder and the
+    holder's pid (written into the file). The operating system releases a flock when its holder
+    exits, however it dies (SIGKILL included), so a killed trainer leaves no stale lock: the next
+    holder takes over its file. On a normal exit the holder removes the file while still holding
+    it, so a folder is left as it was; a holder checks after locking that its file is still the one
+    under the name (not one removed meanwhile), else it starts again.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with run_lock(folder):  # doctest: +ELLIPSIS
+    ...     with run_lock(folder):
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    grokscope.errors.GrokscopeError: ...: found a run locked by process ...; expected ...
+    >>> with run_lock(folder) as lock:  # released on exit, so taking it again works
+    ...     lock.name
+    '.grokscope.lock'
+    >>> os.listdir(folder)
+    []
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise GrokscopeError("a file", expected="a folder for the run (or a new path)", where=str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise GrokscopeError(f"a run locked by process {holder} (another grokscope train is writing it)",
+                                 expected="one trainer per folder: wait for it to finish, or use another --out",
+                                 where=str(folder)) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was removed by its last holder after we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still holding the lock, so no one else holds this file
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+def holding_run_lock(argument: str) -> Callable:
+    """Decorator: call the function inside ``run_lock`` on the folder passed as its ``argument``."""
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args, **kwargs):
+            with run_lock(signature.bind(*args, **kwargs).arguments[argument]):
+                return function(*args, **kwargs)
+        return locked
+    return decorate
+
+
 def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete temporary files a killed writer left in ``folder``; returns what was removed."""
     removed = []
@@ -149,6 +231,8 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_file():
+        check_safetensors_size(path)  # before any tensor is read
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})

@@ -13,10 +13,77 @@ User errors (GrokscopeError) print one line, ``grokscope: <message>``, on stderr
 """
 
 import argparse
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from grokscope.errors import GrokscopeError
+
+class _UsageError(Exception):
+    """An argument argparse refused; ``main`` prints it as one ``grokscope:`` line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line naming the subcommand and option (no usage dump)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("grokscope").strip()
+        raise _UsageError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False, high_name: str | None = None) -> Callable[[str], int | float]:
+    """An argparse ``type`` accepting a finite ``kind`` (int or float) in the range given.
+
+    >>> _number(int, 1)("3"), _number(float, 0, 1, open_low=True)("0.5")
+    (3, 0.5)
+    >>> _number(int, 1)("-2")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: found -2; expected a whole number >= 1
+    """
+    noun = "a whole number" if kind is int else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if open_low else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if open_high else '<='} {high_name or format(high, 'g')}")
+    expected = noun + (" " + " and ".join(bounds) if bounds else "")
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"found {text!r}; expected {expected}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if open_low else value < low)) \
+                or (high is not None and (value >= high if open_high else value > high)):
+            raise argparse.ArgumentTypeError(f"found {text}; expected {expected}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def _prime(text: str) -> int:
+    """An argparse ``type`` for ``--p``: an odd prime whose full grid fits in memory (``grokscope.limits``)."""
+    from grokscope.limits import check_task_size
+    from grokscope.tasks import is_prime
+
+    p = _number(int, 3)(text)
+    try:
+        check_task_size(p, where="--p")
+    except GrokscopeError as error:
+        raise argparse.ArgumentTypeError(f"found {error.found}; expected {error.expected}") from None
+    if not is_prime(p):
+        raise argparse.ArgumentTypeError(f"found {p}, which is not prime; expected an odd prime such as 23, 59 "
+                                         "or 113")
+    return p
+
 
 PRESET_NAMES = ("fast", "nanda", "pizza")
 """Presets offered by ``--preset`` (``grokscope.training.PRESETS``; a test keeps the two in step)."""
@@ -29,23 +96,24 @@ def _add_train(subparsers) -> None:
                     "log.csv and run.json into DIR. Running the same command again on the same DIR resumes "
                     "an interrupted run, or just reports a finished one.")
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder (created if needed)")
-    parser.add_argument("--preset", default="nanda", metavar="NAME",
+    parser.add_argument("--preset", default="nanda", metavar="NAME", choices=PRESET_NAMES,
                         help=f"recipe to start from: {', '.join(PRESET_NAMES)} (default: nanda; "
                              "see docs/presets.md)")
     settings = parser.add_argument_group("overrides of the preset")
-    settings.add_argument("--seed", type=int, metavar="N", help="initialisation seed")
-    settings.add_argument("--split-seed", type=int, metavar="N", help="seed of the train/test split")
-    settings.add_argument("--p", type=int, help="prime modulus")
+    settings.add_argument("--seed", type=_number(int, 0), metavar="N", help="initialisation seed")
+    settings.add_argument("--split-seed", type=_number(int, 0), metavar="N", help="seed of the train/test split")
+    settings.add_argument("--p", type=_prime, help="prime modulus (its p^3 float64 logits must fit in memory)")
     settings.add_argument("--op", help="operation: add, sub, mul, div, a^2+b^2, a^2+ab+b^2, a^3+ab")
-    settings.add_argument("--frac", type=float, metavar="F", help="train fraction of the p^2 grid")
-    settings.add_argument("--epochs", type=int, metavar="N", help="full-batch steps")
-    settings.add_argument("--d-model", type=int, metavar="N", help="residual width (d_mlp follows as 4 x d_model)")
-    settings.add_argument("--weight-decay", type=float, metavar="W", help="AdamW weight decay")
-    settings.add_argument("--lr", type=float, help="AdamW learning rate")
-    settings.add_argument("--alpha", type=float, metavar="A", help="attention rate in [0, 1] (1 = standard attention)")
+    settings.add_argument("--frac", type=_number(float, 0, 1, open_low=True, open_high=True), metavar="F", help="train fraction of the p^2 grid")
+    settings.add_argument("--epochs", type=_number(int, 1), metavar="N", help="full-batch steps")
+    settings.add_argument("--d-model", type=_number(int, 1), metavar="N", help="residual width (d_mlp follows as 4 x d_model)")
+    settings.add_argument("--weight-decay", type=_number(float, 0), metavar="W", help="AdamW weight decay")
+    settings.add_argument("--lr", type=_number(float, 0, open_low=True), help="AdamW learning rate")
+    settings.add_argument("--alpha", type=_number(float, 0, 1), metavar="A", help="attention rate in [0, 1] (1 = standard attention)")
     settings.add_argument("--grokfast", action="store_true", default=None, help="use Grokfast-EMA")
-    settings.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between regular checkpoints")
-    parser.add_argument("--threads", type=int, metavar="N",
+    settings.add_argument("--checkpoint-every", type=_number(int, 1), metavar="N", help="steps between regular checkpoints")
+    parser.add_argument("--threads", type=_number(int, 1, _cpu_count(), high_name=f"{_cpu_count()} (this machine's cores)"),
+                        metavar="N",
                         help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy "
                              "machine; resume with the same value for bitwise-identical results)")
     parser.add_argument("--device", default="cpu", metavar="D",
@@ -62,10 +130,16 @@ def _run_train(args: argparse.Namespace) -> int:
     from grokscope.training import TrainConfig, summarize, train
 
     overrides = {name: getattr(args, name) for name in _TRAIN_OVERRIDES if getattr(args, name) is not None}
-    config = TrainConfig.preset(args.preset, **overrides)
+    try:
+        config = TrainConfig.preset(args.preset, **overrides)
+    except GrokscopeError as error:  # name the option that carried the setting, where one did
+        named = [name for name in overrides if str(error.found).startswith(f"{name} = ")]
+        if not named or error.expected is None:
+            raise
+        option = "--" + named[0].replace("_", "-")
+        raise GrokscopeError(error.found, expected=error.expected,
+                             where=f"train {option} (with --preset {args.preset})") from None
     if args.threads is not None:
-        if args.threads < 1:
-            raise GrokscopeError(f"--threads {args.threads}", expected="a positive number", where="grokscope train")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -99,7 +173,8 @@ def _add_analyze(subparsers) -> None:
     parser.add_argument("path", metavar="PATH", help="run folder, checkpoint file or folder of models")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: PATH/grokscope/ for a folder, "
                                                      "<folder>/grokscope/<name>/ for a file)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
+    parser.add_argument("--workers", type=_number(int, 1, _cpu_count(), high_name=f"{_cpu_count()} (this machine's cores)"),
+                        default=1, metavar="N",
                         help="processes measuring checkpoints in parallel (default 1)")
     parser.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the table")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
@@ -257,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand of ``SUBCOMMANDS``."""
     from grokscope import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="grokscope",
         description="Train, load and interpret grokking modular-arithmetic transformers.")
     parser.add_argument("--version", action="version", version=f"grokscope {__version__}")
@@ -272,7 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, --version, usage errors
+    except _UsageError as error:
+        print(f"grokscope: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help, --version
         return exit_.code if isinstance(exit_.code, int) else 2
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)

@@ -7,17 +7,20 @@ written as null so the JSON is strict.
 """
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from grokscope import __version__
 from grokscope.analysis import AnalysisResult
 from grokscope.checkpoints import atomic_write, json_safe, write_json
+from grokscope.errors import GrokscopeError
+from grokscope.formats.base import skip_entry
 
 MEASURES_FILE, SUMMARY_FILE, REPORT_FILE = "measures.csv", "summary.json", "report.html"
 
@@ -130,7 +133,17 @@ def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, 
     skipped: list[dict] = []
     loaded = load(path, trust_pickle=trust_pickle, skipped=skipped)
     if isinstance(loaded, list):
-        results = [analyze(run, progress=progress, workers=workers) for run in loaded]
+        results, failed = [], []
+        for run in loaded:
+            try:
+                results.append(analyze(run, progress=progress, workers=workers))
+            except GrokscopeError as error:  # a member with nothing readable is listed, not fatal
+                failed.append(skip_entry(str(run.source), error))
+        skipped += failed
+        if not results:
+            raise GrokscopeError(f"no member with a readable checkpoint among {len(loaded)} (first: "
+                                 f"{failed[0]['path']}: {failed[0]['error']})",
+                                 expected="at least one readable model or run", where=str(path))
         summary = collection_summary(results, str(path), detect(path), skipped)
         table_text = collection_csv(summary["models"])
         figures = [("Models", plots.model_comparison(summary["models"]))]
@@ -142,11 +155,58 @@ def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, 
         figures = result.figures()
     out_dir = Path(out) if out is not None else default_out_dir(path)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-    atomic_write(out_dir / MEASURES_FILE, table_text)
-    write_json(out_dir / SUMMARY_FILE, summary)
-    if report:
-        write_report(out_dir / REPORT_FILE, summary, figures)
+    write_outputs(out_dir, summary, table_text,
+                  (lambda target: write_report(target, summary, figures)) if report else None)
     return summary, out_dir
+
+
+def write_outputs(out_dir: Path, summary: dict[str, Any], table_text: str,
+                  write_report: Callable[[Path], Any] | None) -> None:
+    """Write measures.csv, report.html, then summary.json: summary.json is the mark of a complete set.
+
+    Each file is written atomically (never half a file under its name), and summary.json, removed
+    first, is written last with the size and SHA-256 of the others under ``outputs``: a killed
+    analysis leaves no summary.json (a folder without one is incomplete), and files from an older
+    analysis are recognisable by hashes that do not match. A report not asked for is removed, so
+    the folder never pairs a new summary with an old page.
+    """
+    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    written = [atomic_write(out_dir / MEASURES_FILE, table_text)]
+    if write_report is not None:
+        written.append(write_report(out_dir / REPORT_FILE) or out_dir / REPORT_FILE)
+    else:
+        (out_dir / REPORT_FILE).unlink(missing_ok=True)
+    summary["outputs"] = {Path(file).name: _fingerprint(Path(file)) for file in written}
+    write_json(out_dir / SUMMARY_FILE, summary)
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def outputs_complete(out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir`` holds a complete, consistent set from one analysis: summary.json, and every
+    file it lists with the size and SHA-256 it records.
+
+    >>> import tempfile
+    >>> outputs_complete(tempfile.mkdtemp())
+    False
+    """
+    from grokscope.checkpoints import read_json
+
+    out_dir = Path(out_dir)
+    try:
+        listed = read_json(out_dir / SUMMARY_FILE).get("outputs")
+    except GrokscopeError:
+        return False
+    if not isinstance(listed, dict) or MEASURES_FILE not in listed:
+        return False
+    for name, expected in listed.items():
+        file = out_dir / name
+        if not file.is_file() or _fingerprint(file) != expected:
+            return False
+    return True
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -155,6 +215,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
     return str(value)
+
+
+def _phases_line(ph: dict[str, Any]) -> str:
+    if ph.get("available") is False:
+        return "phases       not available (a single checkpoint and no training curves)"
+    line = (f"phases       memorisation {_fmt(ph.get('memorization_step'))}, grokking "
+            f"{_fmt(ph.get('grokking_step'))}, delay {_fmt(ph.get('delay_ratio'))}x, cleanup end "
+            f"{_fmt(ph.get('cleanup_end_step'))}")
+    return line + (f" (from the {ph['source']})" if ph.get("source") not in (None, "checkpoints") else "")
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -180,9 +249,7 @@ def format_table(summary: dict[str, Any]) -> str:
                  + (f", steps {steps[0]}..{steps[-1]}" if steps else "")
                  + (f", {len(summary['skipped'])} skipped" if summary["skipped"] else ""),
                  f"key freqs    {keys['freqs']} (rule {keys['rule']})",
-                 f"phases       memorisation {_fmt(ph.get('memorization_step'))}, grokking "
-                 f"{_fmt(ph.get('grokking_step'))}, delay {_fmt(ph.get('delay_ratio'))}x, cleanup end "
-                 f"{_fmt(ph.get('cleanup_end_step'))}",
+                 _phases_line(ph),
                  f"final        step {_fmt(final['step'])}: accuracy {_fmt(final['accuracy'], 4)}, train loss "
                  f"{_fmt(final['train_loss'])}, test loss {_fmt(final['test_loss'])}, restricted "
                  f"{_fmt(final['restricted_loss'])}, excluded {_fmt(final['excluded_loss'])}",

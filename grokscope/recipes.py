@@ -25,6 +25,7 @@ from torch import Tensor
 from grokscope import checkpoints as ck
 from grokscope.engine import FROZEN_PARAMETERS
 from grokscope.errors import GrokscopeError
+from grokscope.limits import check_training_size
 from grokscope.models import HookedTransformer, HookedTransformerConfig, build_model, nanda_config, pizza_config
 from grokscope.tasks import Task
 
@@ -110,6 +111,7 @@ class TrainConfig:
         for name in _REAL_SETTINGS:
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "act_fn", str(self.act_fn).lower())
+        check_training_size(self)  # before any schedule, model or optimiser state is built
 
     # ----- derived objects ------------------------------------------------------------------------
     @property

@@ -203,6 +203,9 @@ _STRIP = [("memorization_step", "memorisation"), ("grokking_step", "grokking"), 
 
 def phase_strip(ph: Mapping[str, Any], n_checkpoints: int | None) -> str:
     """The phases in one line: the steps found, then those not found; or why there are none."""
+    if ph.get("available") is False:
+        why = str((ph.get("method") or {}).get("phases", "not available")).removeprefix("not available: ")
+        return muted(f"Phases: not available ({why}).")
     found, missing = [], []
     for key, name in _STRIP:
         value = ph.get(key)
@@ -384,6 +387,9 @@ def phases_detail(ph: Mapping[str, Any]) -> str:
     """Every phase boundary with how it was detected, 'not detected' where it was not."""
     if not ph:
         return muted("No phases (no table of measures over training).")
+    if ph.get("available") is False:
+        why = str((ph.get("method") or {}).get("phases", "not available")).removeprefix("not available: ")
+        return muted(f"Phases not available: {why}.")
     method = ph.get("method") or {}
     method = dict(method) if isinstance(method, Mapping) else {"method": method}
     rows = []

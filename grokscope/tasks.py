@@ -26,6 +26,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from grokscope.errors import GrokscopeError
+from grokscope.limits import check_task_size
 
 OperationFn = Callable[[Tensor, Tensor, int], Tensor]
 
@@ -94,7 +95,11 @@ class Task:
     diff_vocab: bool = False
 
     def __post_init__(self):
-        if isinstance(self.p, bool) or not isinstance(self.p, int) or not is_prime(self.p) or self.p < 3:
+        if isinstance(self.p, bool) or not isinstance(self.p, int) or self.p < 3:
+            raise GrokscopeError(f"p = {self.p!r}", expected="an odd prime such as 23, 59 or 113",
+                                 where="Task")
+        check_task_size(self.p, where="Task")  # before the prime test, which an absurd p would stall
+        if not is_prime(self.p):
             raise GrokscopeError(f"p = {self.p!r}", expected="an odd prime such as 23, 59 or 113",
                                  where="Task")
         object.__setattr__(self, "op", canonical_operation(self.op))

@@ -17,6 +17,7 @@ machine, thread count and batch of members).
 ([0, 1, 2, 3], [0, 3])
 """
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ def _prepare_folder(out: Path, config: TrainConfig) -> dict | None:
                                  expected="the same settings to resume it, or another --out folder",
                                  where=str(out))
         return saved
-    if out.is_dir() and any(not ck.is_temporary(entry.name) for entry in out.iterdir()):
+    if out.is_dir() and any(not ck.is_bookkeeping(entry.name) for entry in out.iterdir()):
         raise GrokscopeError("a non-empty folder without run.json",
                              expected="a new or empty folder, or a grokscope run to resume", where=str(out))
     return None
@@ -185,12 +186,23 @@ def train_members(configs: list[TrainConfig], outs: list[str | Path], *, progres
 
     All members step together in one stack (``grokscope.engine``), in chunks of at most ``max_members``
     (default: as many as fit in the free memory of ``device``). Each folder is resumed, returned or
-    refused exactly as ``train`` does for one. Returns the runs in the order of ``configs``.
+    refused exactly as ``train`` does for one, and each folder's lock (``checkpoints.run_lock``) is held
+    throughout: a second trainer on any of them gets GrokscopeError naming the holder's pid. Returns the
+    runs in the order of ``configs``.
     """
     outs = [Path(out) for out in outs]
     configs = list(configs)
     _check_batch(configs, outs)
     device = _check_device(device)
+    with contextlib.ExitStack() as locks:
+        for out in outs:  # one trainer per folder; the OS drops a lock when its holder dies
+            locks.enter_context(ck.run_lock(out))
+        _train_locked(configs, outs, device, progress, max_members)
+    return [native.read(out) for out in outs]
+
+
+def _train_locked(configs: list[TrainConfig], outs: list[Path], device: torch.device, progress: bool,
+                  max_members: int | None) -> None:
     members = [member for member in (_start_member(c, o) for c, o in zip(configs, outs)) if member is not None]
     if members:
         arch = Architecture.from_config(members[0].config.model_config())
@@ -207,7 +219,6 @@ def train_members(configs: list[TrainConfig], outs: list[str | Path], *, progres
             per_chunk = min(per_chunk, max(int(max_members), 1))
         for begin in range(0, len(members), per_chunk):
             _train_chunk(members[begin:begin + per_chunk], arch, device, progress)
-    return [native.read(out) for out in outs]
 
 
 def _check_device(device: str) -> torch.device:

@@ -24,7 +24,7 @@ def run_copy(tmp_path, tiny_run_dir):
 
 def test_files_of_a_finished_run(tiny_run_dir, tiny_config):
     names = sorted(entry.name for entry in tiny_run_dir.iterdir())
-    assert names == [ck.CHECKPOINT_DIR, ck.LOG_CSV, ck.RUN_JSON, ck.SPLIT_FILE]  # resume state removed
+    assert names == [ck.CHECKPOINT_DIR, ck.LOG_CSV, ck.RUN_JSON, ck.SPLIT_FILE]  # resume state and lock removed
     files = sorted(entry.name for entry in (tiny_run_dir / ck.CHECKPOINT_DIR).iterdir())
     assert files == [f"step_{step:07d}.safetensors" for step in tiny_config.checkpoint_steps()]
     meta = json.loads((tiny_run_dir / ck.RUN_JSON).read_text())

@@ -241,7 +241,8 @@ def test_cli_train_prints_a_summary_and_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("grokscope: ") and "epochs = 20 there but 30 here" in err[0]
     assert main(["train", "--out", str(tmp_path / "x"), "--p", "12"]) == 2
-    assert capsys.readouterr().err.strip() == "grokscope: Task: found p = 12; expected an odd prime such as 23, 59 or 113"
+    assert capsys.readouterr().err.strip() == ("grokscope: train: argument --p: found 12, which is not prime; "
+                                               "expected an odd prime such as 23, 59 or 113 (see grokscope train --help)")
 
 
 def test_cli_help_is_fast_and_lists_train():
