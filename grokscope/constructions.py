@@ -72,7 +72,7 @@ from torch import Tensor
 
 from grokscope.errors import GrokscopeError
 from grokscope.models import HookedTransformer, build_model, nanda_config, pizza_config
-from grokscope.tasks import Task
+from grokscope.tasks import NO_MECHANISM, Task
 
 GAIN = 1000.0
 """W_O and W_out multiply what they write by it, W_in and W_U divide it back out (same function)."""
