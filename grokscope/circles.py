@@ -166,7 +166,9 @@ def mean_fraction(pca: EmbeddingPCA, n_components: int = 4) -> float:
 def spectral_circularity(W_rows: Float[Tensor, "p d_model"], n_components: int = 4,
                          pca: EmbeddingPCA | None = None) -> float:
     """Share of the first ``n_components`` principal variance carried by the n/2 strongest frequency
-    planes: sum of the n/2 largest ``frequency_shares`` / sum of the n largest PCA variance shares.
+    planes: sum of the n/2 largest ``frequency_shares`` / sum of the n largest PCA variance shares
+    (for even N the sign frequency is one dimension: the n dimensions are filled by largest share per
+    dimension).
 
     In [0, 1], because the n/2 planes are a rank-n projection over the tokens and none keeps more
     energy than the first n principal components; 1 when those components span n/2 whole frequency
@@ -180,14 +182,22 @@ def spectral_circularity(W_rows: Float[Tensor, "p d_model"], n_components: int =
     >>> 0.5 < spectral_circularity(rows) < 1.0
     True
     """
-    n_planes = max(n_components // 2, 1)
     share = (pca if pca is not None else embedding_pca(W_rows)).share
     if len(share) == 0:
         return 0.0
     top_variance = share[:n_components].sum()
     shares = frequency_shares(W_rows)
-    top_planes = shares.topk(min(n_planes, len(shares))).values.sum()
-    return float((top_planes / top_variance).clamp(0.0, 1.0))
+    # Fill n_components dimensions with the frequencies of largest share per dimension: a plane has
+    # 2 dims, the sign frequency of an even N one (a line), so for odd N this is the n/2 top planes.
+    dims = _pair_weights(W_rows.shape[0])
+    budget, top_planes = float(max(n_components, 2)), 0.0
+    for i in sorted(range(len(shares)), key=lambda i: -float(shares[i] / dims[i])):
+        take = min(float(dims[i]), budget)
+        top_planes += float(shares[i]) * take / float(dims[i])
+        budget -= take
+        if budget <= 0:
+            break
+    return float(min(max(top_planes / float(top_variance), 0.0), 1.0))
 
 
 def circle_plane(W_rows: Float[Tensor, "p d_model"], freq: int) -> Float[Tensor, "p d_model"]:

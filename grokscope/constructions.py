@@ -184,6 +184,10 @@ def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin
     if const <= 0:
         raise GrokscopeError(f"beta = {beta} (C = {const:.3g})", expected="a beta with C > 0, e.g. 0..1.5",
                              where="exact_clock_model")
+    if math.gcd(N, *freqs) != 1:
+        raise GrokscopeError(f"frequencies {freqs} of {group.name}", where="exact_clock_model",
+                             expected=f"frequencies with no common factor with N = {N}: with one, m and "
+                             f"m + {N // math.gcd(N, *freqs)} get the same logit at every input")
     lam = margin / (const * _min_gap(N, freqs))
     zero = N < task.p                       # tokens and class 0 outside the group (discrete log)
     d_circ = 8 * nk
@@ -291,15 +295,15 @@ def exact_pizza_model(task: Task, freqs: list[int], *, n_phases: int | None = No
     True
     """
     freqs, group = _check(task, freqs, "exact_pizza_model")
-    if group.sign_b < 0 and not task.diff_vocab:
-        raise GrokscopeError(f"op {task.op!r} with one embedding table shared by a and b", where="exact_pizza_model",
-                             expected="diff_vocab=True: constant attention sums E_a + E_b symmetrically, so a "
-                             "pizza of a - b (or a / b) needs b's own table carrying its mirrored coordinate")
     N, nk = group.N, len(freqs)
     if N % 2 == 0:
         raise GrokscopeError(f"op {task.op!r} in {group.name}", where="exact_pizza_model",
                              expected="an odd group order: in Z_N with N even the pizza's correct class ties "
                              "with -c wherever u - v = N/2 (module docstring), so no pizza exists for mul or div")
+    if group.sign_b < 0 and not task.diff_vocab:
+        raise GrokscopeError(f"op {task.op!r} with one embedding table shared by a and b", where="exact_pizza_model",
+                             expected="diff_vocab=True: constant attention sums E_a + E_b symmetrically, so a "
+                             "pizza of a - b needs b's own table carrying its mirrored coordinate")
     n_phases = 2 * N if n_phases is None else int(n_phases)
     if n_phases < 3:
         raise GrokscopeError(f"n_phases = {n_phases}", expected="at least 3", where="exact_pizza_model")
