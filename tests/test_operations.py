@@ -258,3 +258,37 @@ def test_signatures_of_mul_report_the_zero_operand_accuracy_apart():
     assert s.zero_operand_accuracy == 1.0 and s.group_accuracy == 0.0
     assert s.accuracy == pytest.approx(45 / 529, abs=1e-12)
     assert json.loads(json.dumps(s.to_dict()))["basis"] == "Z_22, discrete log base 5"
+
+
+# ----- trained runs end to end ---------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["sub", "mul"])
+def test_grokscope_analyze_on_a_trained_run(op, tmp_path):
+    """A short trained run of sub or mul through `grokscope analyze`: every Fourier output names the
+    group's basis, and the zero-operand accuracy matches a direct count on the final checkpoint."""
+    import grokscope as gs
+    from grokscope.cli import main
+    from grokscope.training import TrainConfig, train
+
+    config = TrainConfig.preset("fast", p=23, op=op, d_model=32, frac=0.6, epochs=150, checkpoint_every=50,
+                                log_every=10)
+    train(config, tmp_path / "run", progress=False)
+    assert main(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--quiet", "--no-report"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    task = Task(p=23, op=op)
+    name = task.group.name
+    assert summary["task"]["group"]["name"] == name and summary["key_frequencies"]["basis"] == name
+    assert summary["classification"]["basis"] == name
+    model = gs.load_run(tmp_path / "run").model(-1)
+    with torch.no_grad():
+        logits = final_logits(model, task.tokens())
+    correct = (logits.argmax(-1) == task.labels()).double()
+    outside = task.outside_rows()
+    if op == "mul":
+        assert outside.numel() == 45
+        assert summary["final"]["zero_operand_accuracy"] == pytest.approx(float(correct[outside].mean()), abs=1e-12)
+    else:
+        assert summary["final"]["zero_operand_accuracy"] is None
+    assert summary["final"]["group_accuracy"] == pytest.approx(float(correct[task.group_rows()].mean()), abs=1e-12)
+    header = (tmp_path / "out" / "measures.csv").read_text().splitlines()[0].split(",")
+    assert {"group_loss", "zero_operand_acc", "restricted_loss", "excluded_loss"} <= set(header)
