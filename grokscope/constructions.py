@@ -43,8 +43,10 @@ frequency at phases phi_j = 2 pi j / n_phases with pre = cos(w a - phi_j) + cos(
 multiple of p the sum is exactly s |cos(w(a-b)/2)| cos(w(a+b-c)), s > 0 (the phase grid's aliasing
 terms are equal for both half-grid offsets of w(a+b)/2), so the correct class wins at every input:
 |cos(w(a-b)/2)| never vanishes for odd p. Constant attention sums the two operands' embeddings
-symmetrically, so with one shared table no pizza exists for the asymmetric sub: it needs
-``diff_vocab`` (b's table then carries b's group coordinate -b). For even N (mul, div) no pizza
+symmetrically: with one shared table and tokens [a, b, =] the read-out sees a and b only through
+that sum, so no pizza of the asymmetric a - b exists (with tokens [a, b] only b's own embedding on
+the direct path breaks the symmetry). The pizza for sub is built with ``diff_vocab`` (b's table then
+carries b's group coordinate -b). For even N (mul, div) no pizza
 exists at all: at u - v = N/2 (a = -b for mul, since g^(N/2) = -1) every odd k has
 |cos(w_k (u - v)/2)| = |cos(pi k / 2)| = 0, and every even k gives the classes m and m + N/2 (c and
 -c) the same logit, so the correct class always ties with -c there; the builder refuses.
