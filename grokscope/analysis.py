@@ -121,7 +121,8 @@ class AnalysisResult:
         accuracy = final.get("full_acc", math.nan)
         return [("run", f"{info.get('format')} p={self.task.p} op={self.task.op} ({info.get('source')})"),
                 ("checkpoints", span + (f", {len(self.skipped)} skipped" if self.skipped else "")),
-                ("key frequencies", f"{self.key_freqs.freqs} (rule {self.key_freqs.rule})"),
+                ("key frequencies", f"{self.key_freqs.freqs} (rule {self.key_freqs.rule}"
+                 + (f", {self.key_freqs.basis})" if self.key_freqs.basis else ")")),
                 ("phases", grok), ("final accuracy", f"{accuracy:.4f}")]
 
     def __repr__(self) -> str:
