@@ -292,3 +292,23 @@ def test_grokscope_analyze_on_a_trained_run(op, tmp_path):
     assert summary["final"]["group_accuracy"] == pytest.approx(float(correct[task.group_rows()].mean()), abs=1e-12)
     header = (tmp_path / "out" / "measures.csv").read_text().splitlines()[0].split(",")
     assert {"group_loss", "zero_operand_acc", "restricted_loss", "excluded_loss"} <= set(header)
+
+
+def test_another_generator_relabels_the_frequencies():
+    """With g' = g^s the token at g'-coordinate x is g^(s x), at g-coordinate s x: a circle at k in g's
+    coordinates sits at k s mod N (folded) in g''s. Checked on an exact clock's embedding shares."""
+    from grokscope.circles import frequency_shares
+    from grokscope.tasks import task_group
+
+    task = Task(p=23, op="mul")
+    model = exact_clock_model(task, [3])
+    N, g = 22, task.group.generator
+    s = 3                                              # gcd(3, 22) = 1: g^3 generates too
+    other = task_group(task, generator=pow(g, s, 23))
+    assert other.name == f"Z_22, discrete log base {pow(g, s, 23)}"
+    shares = frequency_shares(token_embeddings(model, task)[other.elements()].detach())
+    k = 3 * s % N
+    assert int(shares.argmax()) + 1 == min(k, N - k)
+    assert float(shares.max()) == pytest.approx(1.0, abs=1e-6)   # float32 embeddings
+    with pytest.raises(GrokscopeError, match="primitive root"):
+        task_group(task, generator=4)                  # 4 = 2^2 is a square mod 23
