@@ -38,7 +38,7 @@ from torch import Tensor
 
 from grokscope.errors import GrokscopeError
 from grokscope.formats.base import skip_entry
-from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fourier_basis, key_frequencies)
+from grokscope.fourier import FourierBasis, KeyFrequencies, as_freq_list, key_frequencies, task_basis
 from grokscope.limits import check_checkpoint_count
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
@@ -124,7 +124,8 @@ class AnalysisResult:
         accuracy = final.get("full_acc", math.nan)
         return [("run", f"{info.get('format')} p={self.task.p} op={self.task.op} ({info.get('source')})"),
                 ("checkpoints", span + (f", {len(self.skipped)} skipped" if self.skipped else "")),
-                ("key frequencies", f"{self.key_freqs.freqs} (rule {self.key_freqs.rule})"),
+                ("key frequencies", f"{self.key_freqs.freqs} (rule {self.key_freqs.rule}"
+                 + (f", {self.key_freqs.basis})" if self.key_freqs.basis else ")")),
                 ("phases", grok), ("final accuracy", f"{accuracy:.4f}")]
 
     def __repr__(self) -> str:
@@ -160,7 +161,7 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
     One forward pass feeds everything; with ``key_freqs=None`` the same pass also yields the MLP
     activations from which ``rule`` (default "A") picks this checkpoint's key frequencies.
     """
-    basis = fourier_basis(task.p) if basis is None else basis
+    basis = _basis_or_none(task) if basis is None else basis
     own = None
     with torch.no_grad():
         if key_freqs is None:
@@ -171,6 +172,11 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
             logits = final_logits(model, task.tokens())
         measures = progress_measures(model, task, key_freqs, train_indices, logits=logits, basis=basis)
     return measures.as_row(), measures.notes, own
+
+
+def _basis_or_none(task: Task) -> FourierBasis | None:
+    """The task's Fourier basis, None for operations without a group (their Fourier measures are NaN)."""
+    return task_basis(task) if task.group is not None else None
 
 
 def _key_frequencies_or_none(model, task, rule, post, basis) -> KeyFrequencies:
@@ -244,16 +250,18 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
                              expected="fixed key frequencies or per-checkpoint ones, not both")
     check_checkpoint_count(len(run.steps), where=str(run.source))
     task, notes, extras = run.task, [], {}
-    basis = fourier_basis(task.p)
+    basis = _basis_or_none(task)
+    order = task.group.N if task.group is not None else task.p
     final_model, final_index, errors = _final_model(run)
     classification = None
     if final_model is None:
         raise _nothing_readable(run, errors[::-1])
     if isinstance(key_freqs, KeyFrequencies):
-        as_freq_list(key_freqs, task.p)
+        as_freq_list(key_freqs, order)
         chosen = key_freqs
     elif key_freqs is not None:
-        chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, task.p), rule="given", threshold=math.nan)
+        chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, order), rule="given", threshold=math.nan,
+                                basis=basis.name if basis is not None else "")
     else:
         chosen = _key_frequencies_or_none(final_model, task, rule, None, basis)
         if "error" in chosen.detail:

@@ -39,17 +39,19 @@ def summary_dict(result: AnalysisResult) -> dict[str, Any]:
         "grokscope_version": __version__,
         "source": {"path": str(info.get("source")), "format": info.get("format")},
         "task": {"p": task.p, "op": task.op, "n_ctx": task.n_ctx, "eq_token": task.eq_token,
-                 "diff_vocab": task.diff_vocab},
+                 "diff_vocab": task.diff_vocab, "group": task.group.to_dict() if task.group else None},
         "attention_rate": info.get("alpha"),
         "checkpoints": {"count": len(result.steps), "steps": result.steps},
         "key_frequencies": {"freqs": list(result.key_freqs.freqs), "rule": result.key_freqs.rule,
-                            "threshold": result.key_freqs.threshold},
+                            "threshold": result.key_freqs.threshold, "basis": result.key_freqs.basis or None},
         "final": {"step": result.steps[-1] if result.steps else None,
                   "accuracy": _number(final, "full_acc"), "loss": _number(final, "full_loss"),
                   "train_loss": _number(final, "train_loss"), "test_loss": _number(final, "test_loss"),
                   "train_accuracy": _number(final, "train_acc"), "test_accuracy": _number(final, "test_acc"),
                   "restricted_loss": _number(final, "restricted_loss"),
-                  "excluded_loss": _number(final, "excluded_loss")},
+                  "excluded_loss": _number(final, "excluded_loss"),
+                  "group_loss": _number(final, "group_loss"), "group_accuracy": _number(final, "group_acc"),
+                  "zero_operand_accuracy": _number(final, "zero_operand_acc")},
         "phases": phases,
         "classification": classification,
         "notes": list(result.notes),
@@ -248,11 +250,14 @@ def format_table(summary: dict[str, Any]) -> str:
                  f"checkpoints  {summary['checkpoints']['count']}"
                  + (f", steps {steps[0]}..{steps[-1]}" if steps else "")
                  + (f", {len(summary['skipped'])} skipped" if summary["skipped"] else ""),
-                 f"key freqs    {keys['freqs']} (rule {keys['rule']})",
+                 f"key freqs    {keys['freqs']} (rule {keys['rule']}"
+                 + (f", basis {keys['basis']})" if keys.get("basis") else ")"),
                  _phases_line(ph),
                  f"final        step {_fmt(final['step'])}: accuracy {_fmt(final['accuracy'], 4)}, train loss "
                  f"{_fmt(final['train_loss'])}, test loss {_fmt(final['test_loss'])}, restricted "
-                 f"{_fmt(final['restricted_loss'])}, excluded {_fmt(final['excluded_loss'])}",
+                 f"{_fmt(final['restricted_loss'])}, excluded {_fmt(final['excluded_loss'])}"
+                 + (f", with a zero operand accuracy {_fmt(final['zero_operand_accuracy'], 4)}"
+                    if final.get("zero_operand_accuracy") is not None else ""),
                  f"label        {c.get('label', '-')}" + (f" ({c['reason']})" if c.get("reason") else "")
                  + (f", confidence {_fmt(c.get('confidence'), 2)}, GS {_fmt(c.get('gradient_symmetricity'))}, "
                     f"DI {_fmt(c.get('distance_irrelevance'))}, circularity {_fmt(c.get('circularity'))} "

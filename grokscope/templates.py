@@ -1,5 +1,9 @@
 """Clock and pizza logit templates [Z23]: how much of a circle's logits each algorithm explains.
 
+Everything runs in group coordinates (``Task.group``): a, b, c below are u = phi(a), v = sign_b phi(b),
+m = phi(c) of Z_N, so for sub the clock template is cos(w(a - b - c)) and the pizza's distance
+factor |cos(w(a + b)/2)|; for mul and div they are functions of the discrete logs.
+
 A circle of the embedding (two principal components, frequency k, w = 2 pi k / p) is isolated the
 way [Z23] does it: every operand row of W_E is replaced by the mean row plus its projection on the
 circle, and the model is run over the whole grid. Its logits L[a, b, c] are compared with
@@ -117,23 +121,31 @@ class _ReadOut(torch.nn.Module):
 
 def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Tensor], freqs: list[int],
                            mean: Float[Tensor, "d_model"]) -> Float[Tensor, "n_circles p p p"]:
-    """Grid logits with each circle isolated in the embedding, all circles in one batched forward pass.
+    """Group-grid logits with each circle isolated in the embedding, all circles in one batched pass.
 
-    ``planes[i]`` (p, d_model) is the operand-a rows' projection on circle i (scores @ components),
-    ``mean`` the mean a row. With diff_vocab the b rows become their mean plus their own Fourier
-    component at ``freqs[i]``; other rows (``=``) are kept. The model is not modified: the stacked
-    embedding tables are passed through ``torch.func.functional_call``.
+    ``planes[i]`` (N, d_model) is the operand-a rows' projection on circle i, rows in group order
+    (``fourier.group_embeddings``), ``mean`` the mean a row. With diff_vocab the b rows (in b's group
+    order) become their mean plus their own Fourier component at ``freqs[i]``; other rows (``=``, and
+    tokens outside the group) are kept. Returns L[i, u, v, m] in group coordinates (``Task.group_rows``,
+    class phi^-1(m)). The model is not modified: the stacked embedding tables are passed through
+    ``torch.func.functional_call``.
     """
-    p, W_E = task.p, model.W_E.detach()
+    group = task.group
+    if group is None:
+        raise GrokscopeError(f"op {task.op!r}", expected="an operation with a group (add, sub, mul, div)",
+                             where="isolated_circle_logits")
+    N, W_E = group.N, model.W_E.detach()
+    a_ids, b_ids = group.elements(), group.b_values() + task.b_offset
     tables = []
     for plane, freq in zip(planes, freqs):
         table = W_E.double().clone()
-        table[:p] = mean + plane
+        table[a_ids] = mean + plane
         if task.diff_vocab:
-            rows_b = table[p : 2 * p]
-            table[p : 2 * p] = rows_b.mean(0) + circle_plane(rows_b, freq)
+            rows_b = table[b_ids]
+            table[b_ids] = rows_b.mean(0) + circle_plane(rows_b, freq)
         tables.append(table.to(W_E.dtype))
-    tokens = torch.cat([task.tokens() + i * W_E.shape[0] for i in range(len(tables))])
+    rows = task.group_rows(group)
+    tokens = torch.cat([task.tokens()[rows] + i * W_E.shape[0] for i in range(len(tables))])
     with torch.no_grad():
         logits = torch.func.functional_call(_ReadOut(model), {"model.embed.W_E": torch.cat(tables)}, (tokens,))
-    return logits[:, :p].reshape(len(tables), p, p, p)
+    return logits[:, a_ids].reshape(len(tables), N, N, N)

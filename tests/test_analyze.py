@@ -100,15 +100,15 @@ def test_skipped_checkpoints_and_unreadable_final():
         analyze(memory_run(task, lambda i: state, steps=[0], cfg=clock.cfg, fail={0}), classify=None)
 
 
-def test_other_operations_are_analysed_with_a_note():
-    task = Task(p=23, op="mul")
+def test_operations_without_a_group_are_analysed_with_a_note():
+    task = Task(p=23, op="a^2+b^2")
     model = random_model(task, 0, d_model=32, d_mlp=64)
     state = parameter_state_dict(model)
     run = memory_run(task, lambda i: state, steps=[0], cfg=model.cfg, train_indices=task.split(0.5, 0))
     result = analyze(run, classify=None)
     row = result.final_row
     assert math.isfinite(row["train_loss"]) and math.isnan(row["restricted_loss"])
-    assert any("'mul'" in note for note in result.notes)
+    assert any("'a^2+b^2'" in note and "not defined" in note for note in result.notes)
 
 
 def test_views_of_a_result():

@@ -161,9 +161,9 @@ def test_constructions_reject_bad_frequencies(build, freqs):
         build(Task(p=23), freqs)
 
 
-def test_constructions_need_addition():
-    with pytest.raises(GrokscopeError, match="'mul'"):
-        exact_clock_model(Task(p=23, op="mul"), [2])
+def test_constructions_need_a_group():
+    with pytest.raises(GrokscopeError, match="'a\\^2\\+b\\^2'"):
+        exact_clock_model(Task(p=23, op="a^2+b^2"), [2])
 
 
 @pytest.mark.parametrize("task", LAYOUTS[:3])
