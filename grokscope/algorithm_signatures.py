@@ -34,6 +34,7 @@ from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca,
                                mean_fraction, spectral_circularity)
 from grokscope.errors import GrokscopeError
 from grokscope.fourier import token_embeddings
+from grokscope.grid_forward import grid_logits
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.tasks import Task
 from grokscope.templates import circle_fve, isolated_circle_logits
@@ -218,8 +219,7 @@ def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, se
         raise GrokscopeError(f"d_vocab = {model.cfg.d_vocab}, d_vocab_out = {model.cfg.d_vocab_out}",
                              expected=f"a model of {task} (d_vocab {task.d_vocab}, >= {task.p} outputs)",
                              where="signatures")
-    with torch.no_grad():
-        logits = final_logits(model, task.tokens())[:, : task.p]
+    logits = grid_logits(model, task)[:, : task.p]
     accuracy = float((logits.argmax(dim=1) == task.labels()).double().mean())
     rows_a = token_embeddings(model, task, "a").detach().double()
     pca = embedding_pca(rows_a)
