@@ -15,8 +15,8 @@ none reads files. ``population_figures`` picks the standard set for the report:
 ...          "gradient_symmetricity": 1 - a / 2, "distance_irrelevance": a}
 ...         for a in (0.0, 0.25, 0.75, 1.0) for w in (32, 64)]
 >>> fig = phase_diagram(rows, "alpha", "d_model", "pizza_share")
->>> fig.data[0].z
-((1.0, 1.0, 0.0, 0.0), (1.0, 1.0, 0.0, 0.0))
+>>> [list(row) for row in fig.data[0].z]
+[[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
 """
 
 import math

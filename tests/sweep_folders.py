@@ -54,7 +54,7 @@ def copy_members(source: Path, target: Path, n: int) -> None:
     """A sweep of ``n`` members in ``target`` made of copies of ``source``'s finished members (for
     scaling tests: the same runs under new ids)."""
     data = json.loads((source / "sweep.json").read_text())
-    ids = list(data["members"])
+    ids = [i for i in data["members"] if (source / "runs" / i).is_dir()]
     members, statuses = {}, {}
     for k in range(n):
         i = ids[k % len(ids)]
