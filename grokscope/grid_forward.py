@@ -116,8 +116,7 @@ def stacked_grid_logits(model: HookedTransformer, task: Task, tables: Float[Tens
             weights = pattern[j][:, rows_a]
             pre = torch.einsum(_SUM_OVER_HEADS[kind], weights, table_in).add_(pre)
             out = torch.einsum(_SUM_OVER_HEADS[kind], weights, table_out).add_(out)
-        logits[:, rows_a] = torch.addmm(out.reshape(-1, out.shape[-1]), mlp.act_fn(pre).reshape(-1, pre.shape[-1]),
-                                        W_L).reshape(out.shape)
+        logits[:, rows_a] = (mlp.act_fn(pre) @ W_L).add_(out)
     return logits.reshape(n, p * p, -1)
 
 
