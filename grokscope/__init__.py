@@ -45,6 +45,9 @@ _LAZY = {
     "random_model": "grokscope.constructions",
     "analyze_path": "grokscope.outputs",
     "AnalysisResult": "grokscope.analysis",
+    "load_sweep": "grokscope.population_analysis",
+    "analyze_population": "grokscope.population_analysis",
+    "Population": "grokscope.population",
 }
 
 __all__ = ["__version__", *_LAZY]

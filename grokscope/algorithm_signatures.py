@@ -48,7 +48,8 @@ from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca,
                                mean_fraction, spectral_circularity)
 from grokscope.errors import GrokscopeError
 from grokscope.fourier import group_embeddings, require_group
-from grokscope.models import HookedTransformer, final_logits
+from grokscope.grid_forward import grid_logits
+from grokscope.models import HookedTransformer
 from grokscope.tasks import Task
 from grokscope.templates import circle_fve, isolated_circle_logits
 
@@ -276,8 +277,7 @@ def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, se
         raise GrokscopeError(f"d_vocab = {model.cfg.d_vocab}, d_vocab_out = {model.cfg.d_vocab_out}",
                              expected=f"a model of {task} (d_vocab {task.d_vocab}, >= {task.p} outputs)",
                              where="signatures")
-    with torch.no_grad():
-        logits = final_logits(model, task.tokens())[:, : task.p]
+    logits = grid_logits(model, task)[:, : task.p]
     correct = (logits.argmax(dim=1) == task.labels()).double()
     outside = task.outside_rows(group)
     accuracy = float(correct.mean())

@@ -1,7 +1,7 @@
 """The ``grokscope`` command line: a thin layer over the library.
 
     grokscope train --out DIR [--preset NAME] [options]
-    grokscope analyze PATH [--out DIR] [--workers N] [--json] [--trust-pickle]
+    grokscope analyze PATH [--out DIR] [--workers N] [--json] [--trust-pickle] [--population] [--axes A B]
     grokscope classify MODEL [--json]
     grokscope sweep [SPEC] --out DIR [--grid FIELD=V1,V2] [--seeds N] [--device D] [--engine local|ray]
 
@@ -182,6 +182,13 @@ def _add_analyze(subparsers) -> None:
                         help="allow pickles that need more than plain tensors (they can run code: only "
                              "for files you trust)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    population = parser.add_argument_group("populations (a sweep folder, or any folder with --population)")
+    population.add_argument("--population", action="store_true",
+                            help="analyse a folder of runs as a population (automatic for a sweep folder): "
+                                 "population.csv, summary.json and phase diagrams")
+    population.add_argument("--axes", nargs="+", metavar="AXIS",
+                            help="the one or two axes of the phase diagrams (default: attention rate x width "
+                                 "when swept, else the first swept axes)")
     parser.set_defaults(handler=_run_analyze)
 
 
@@ -189,7 +196,23 @@ def _run_analyze(args: argparse.Namespace) -> int:
     import json
 
     from grokscope.outputs import analyze_path, format_table
+    from grokscope.population_analysis import analyze_population, format_population, is_sweep
 
+    if args.population or is_sweep(args.path):
+        if args.axes is not None and len(args.axes) > 2:
+            raise GrokscopeError(f"--axes {' '.join(args.axes)}", expected="one or two axis names",
+                                 where="grokscope analyze")
+        population, out_dir = analyze_population(args.path, args.out, workers=args.workers, axes=args.axes,
+                                                 report=not args.no_report, progress=not args.quiet)
+        if args.json:
+            print(json.dumps(population.summary, indent=2))
+        else:
+            print(format_population(population))
+            print(f"wrote {out_dir}/")
+        return 0
+    if args.axes is not None:
+        raise GrokscopeError(f"--axes for {args.path}", expected="a sweep folder, or --population for a folder "
+                             "of runs", where="grokscope analyze")
     summary, out_dir = analyze_path(args.path, args.out, workers=args.workers, trust_pickle=args.trust_pickle,
                                     progress=not args.quiet, report=not args.no_report)
     if args.json:

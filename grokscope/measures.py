@@ -158,7 +158,7 @@ def logit_measures(logits: Float[Tensor, "n_inputs d_vocab_out"], task: Task, fr
 
     group = task.group
     if group is None:
-        m.notes.append(f"restricted / excluded losses, the cos fit and the Fourier Gini are NaN: "
+        m.notes.append("restricted / excluded losses, the cos fit and the Fourier Gini are NaN: "
                        + NO_MECHANISM.format(op=task.op))
         return m
     N = group.N

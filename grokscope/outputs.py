@@ -9,7 +9,6 @@ written as null so the JSON is strict.
 import csv
 import hashlib
 import io
-import json
 import math
 import os
 from collections.abc import Callable, Sequence

@@ -23,7 +23,6 @@ from jaxtyping import Int
 from torch import Tensor
 
 from grokscope import checkpoints as ck
-from grokscope.engine import FROZEN_PARAMETERS
 from grokscope.errors import GrokscopeError
 from grokscope.limits import check_training_size
 from grokscope.models import HookedTransformer, HookedTransformerConfig, build_model, nanda_config, pizza_config

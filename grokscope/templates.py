@@ -38,6 +38,7 @@ from torch import Tensor
 
 from grokscope.circles import circle_plane
 from grokscope.errors import GrokscopeError
+from grokscope.grid_forward import stacked_grid_logits, supports, task_rows_in_square
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.tasks import Task
 
@@ -60,6 +61,47 @@ def _factors(kind: str, p: int, freq: int, phases: Tensor) -> tuple[Tensor, Tens
     raise GrokscopeError(f"template {kind!r}", expected=f"one of {TEMPLATES}", where="template_fve")
 
 
+class _CircleLogits:
+    """What every template's FVE needs from one circle's logits, computed once.
+
+    ``by_x[a, b, x] = L[a, b, (a + b - x) mod p]`` turns sum_c L g(a + b - c) into one matrix product
+    for all templates; the means and spreads of L and of its centred part are shared too.
+    """
+
+    def __init__(self, logits: Float[Tensor, "p p p"]):
+        p = logits.shape[0]
+        L = logits.double()
+        a = torch.arange(p)
+        self.p = p
+        self.d = ((a[:, None] - a[None]) % p).flatten()
+        x = ((a[:, None] + a[None])[:, :, None] - a[None, None]) % p
+        self.by_x = L.gather(2, x).reshape(p * p, p)                  # column x holds c = a + b - x
+        self.sums = L.sum(-1).flatten()
+        self.mean = L.mean()
+        self.std = L.std(unbiased=False)
+        L_c = L - L.mean(dim=(0, 1), keepdim=True) - L.mean(dim=2, keepdim=True) + self.mean
+        self.rms_c = L_c.pow(2).mean().sqrt()
+
+    def fve(self, kind: str, freq: int, fit_phase: bool = False) -> tuple[float, float, float]:
+        p = self.p
+        phases = torch.arange(N_PHASES, dtype=torch.float64) * (2 * math.pi / N_PHASES) if fit_phase \
+            else torch.zeros(1, dtype=torch.float64)
+        f, g = _factors(kind, p, freq, phases)
+        per_input = self.by_x @ g                                    # sum_c L g(a+b-c)
+        per_input_c = per_input - g.mean() * self.sums               # the same with g centred
+        by_d = torch.zeros(p, dtype=torch.float64).index_add_(0, self.d, per_input)
+        by_d_c = torch.zeros(p, dtype=torch.float64).index_add_(0, self.d, per_input_c)
+        n = p**3
+        std_c = self.rms_c * (f.pow(2).mean(1) * (g - g.mean()).pow(2).mean()).sqrt()
+        rho_c = (f @ by_d_c / n) / std_c.clamp_min(1e-300)
+        best = int(rho_c.argmax())
+        f_best = f[best]
+        mean_t = f_best.mean() * g.mean()
+        std_t = (f_best.pow(2).mean() * g.pow(2).mean() - mean_t**2).clamp_min(0).sqrt()
+        rho = (f_best @ by_d / n - self.mean * mean_t) / (self.std * std_t).clamp_min(1e-300)
+        return float(2 * rho - 1), float(2 * rho_c[best] - 1), float(phases[best])
+
+
 def template_fve(logits: Float[Tensor, "p p p"], kind: str, freq: int, *,
                  fit_phase: bool = False) -> tuple[float, float, float]:
     """(fve, fve_centred, phase) of ``logits[a, b, c]`` under the ``kind`` template at ``freq`` [Z23].
@@ -70,28 +112,7 @@ def template_fve(logits: Float[Tensor, "p p p"], kind: str, freq: int, *,
     ``fit_phase`` (separate a and b embeddings, diff_vocab) the b circle's relative phase in f(d)
     is chosen on a 1-degree grid to maximise the centred FVE; otherwise it is 0.
     """
-    p = logits.shape[0]
-    L = logits.double()
-    a = torch.arange(p)
-    d = (a[:, None] - a[None]) % p
-    x = ((a[:, None] + a[None])[:, :, None] - a[None, None]) % p
-    phases = torch.arange(N_PHASES, dtype=torch.float64) * (2 * math.pi / N_PHASES) if fit_phase \
-        else torch.zeros(1, dtype=torch.float64)
-    f, g = _factors(kind, p, freq, phases)
-    per_input = (L * g[x]).sum(-1)                                   # sum_c L g(a+b-c)
-    per_input_c = per_input - g.mean() * L.sum(-1)                   # the same with g centred
-    by_d = torch.zeros(p, dtype=torch.float64).index_add_(0, d.flatten(), per_input.flatten())
-    by_d_c = torch.zeros(p, dtype=torch.float64).index_add_(0, d.flatten(), per_input_c.flatten())
-    n = p**3
-    L_c = L - L.mean(dim=(0, 1), keepdim=True) - L.mean(dim=2, keepdim=True) + L.mean()
-    std_c = L_c.pow(2).mean().sqrt() * (f.pow(2).mean(1) * (g - g.mean()).pow(2).mean()).sqrt()
-    rho_c = (f @ by_d_c / n) / std_c.clamp_min(1e-300)
-    best = int(rho_c.argmax())
-    f_best = f[best]
-    mean_t = f_best.mean() * g.mean()
-    std_t = (f_best.pow(2).mean() * g.pow(2).mean() - mean_t**2).clamp_min(0).sqrt()
-    rho = (f_best @ by_d / n - L.mean() * mean_t) / (L.std(unbiased=False) * std_t).clamp_min(1e-300)
-    return float(2 * rho - 1), float(2 * rho_c[best] - 1), float(phases[best])
+    return _CircleLogits(logits).fve(kind, freq, fit_phase)
 
 
 def circle_fve(logits: Float[Tensor, "p p p"], freq: int, base_freq: int | None = None, *,
@@ -99,12 +120,12 @@ def circle_fve(logits: Float[Tensor, "p p p"], freq: int, base_freq: int | None 
     """Clock and pizza FVE of one isolated circle (and accompanying FVE at ``base_freq`` if given).
 
     Returns (paper convention, centred, the pizza template's b phase)."""
+    prepared = _CircleLogits(logits)
     paper, centred = {}, {}
-    paper["clock"], centred["clock"], _ = template_fve(logits, "clock", freq)
-    paper["pizza"], centred["pizza"], phase = template_fve(logits, "pizza", freq, fit_phase=fit_phase)
+    paper["clock"], centred["clock"], _ = prepared.fve("clock", freq)
+    paper["pizza"], centred["pizza"], phase = prepared.fve("pizza", freq, fit_phase)
     if base_freq is not None:
-        paper["accompanying"], centred["accompanying"], _ = template_fve(logits, "accompanying", base_freq,
-                                                                        fit_phase=fit_phase)
+        paper["accompanying"], centred["accompanying"], _ = prepared.fve("accompanying", base_freq, fit_phase)
     return paper, centred, phase
 
 
@@ -145,7 +166,12 @@ def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Te
             table[b_ids] = rows_b.mean(0) + circle_plane(rows_b, freq)
         tables.append(table.to(W_E.dtype))
     rows = task.group_rows(group)
-    tokens = torch.cat([task.tokens()[rows] + i * W_E.shape[0] for i in range(len(tables))])
     with torch.no_grad():
-        logits = torch.func.functional_call(_ReadOut(model), {"model.embed.W_E": torch.cat(tables)}, (tokens,))
+        if supports(model):  # per-token tables (grokscope.grid_forward): about 4x less work
+            grid = stacked_grid_logits(model, task, torch.stack(tables))
+            logits = grid[:, task_rows_in_square(task)[rows]].reshape(-1, grid.shape[-1])
+        else:
+            tokens = torch.cat([task.tokens()[rows] + i * W_E.shape[0] for i in range(len(tables))])
+            logits = torch.func.functional_call(_ReadOut(model), {"model.embed.W_E": torch.cat(tables)},
+                                                (tokens,))
     return logits[:, a_ids].reshape(len(tables), N, N, N)
