@@ -268,7 +268,7 @@ def _run_ray(plan, out, groups, device, address, max_members, on_done) -> None:
 def sweep(spec: dict | str | Path, out: str | Path, **options):
     """Train the sweep ``spec`` into ``out`` (``run_sweep``) and return its population (``load_sweep``)."""
     run_sweep(spec, out, **options)
-    from grokscope.population import load_sweep
+    from grokscope.population_analysis import load_sweep
 
     return load_sweep(out)
 
