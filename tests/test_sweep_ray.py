@@ -52,11 +52,11 @@ def test_a_member_resumes_when_its_ray_worker_is_killed(ray_cluster, tmp_path):
     while time.time() < deadline and sweep.is_alive():
         runs = list((out / RUNS_DIR).glob("*/checkpoints")) if (out / RUNS_DIR).exists() else []
         if runs and (runs[0] / ck.checkpoint_filename(500)).exists():
-            kept = {p.name: p.stat().st_mtime_ns for p in runs[0].iterdir() if not ck.is_temporary(p.name)}
             pids = _ray_workers_running("train_group")
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed = pids[0]
+                kept = _checkpoints_behind_resume_state(runs[0])
                 break
         time.sleep(0.05)
     sweep.join(timeout=600)
@@ -66,11 +66,21 @@ def test_a_member_resumes_when_its_ray_worker_is_killed(ray_cluster, tmp_path):
     assert rows[0]["status"] == "finished"
     checkpoints = out / RUNS_DIR / rows[0]["id"] / ck.CHECKPOINT_DIR
     after = {p.name: p.stat().st_mtime_ns for p in checkpoints.iterdir()}
-    assert all(after[name] == mtime for name, mtime in kept.items())  # resumed, not restarted
+    assert kept and all(after[name] == mtime for name, mtime in kept.items())  # resumed, not restarted
     assert ck.checkpoint_filename(3000) in after
     from grokscope.formats import native
 
     assert native.read(checkpoints.parent).log["step"] == list(range(0, 3001, 10))
+
+
+def _checkpoints_behind_resume_state(checkpoints: Path) -> dict[str, int]:
+    """Checkpoints at or before the resume state's step: complete, so a resumed member never rewrites them.
+
+    (One written after the newest resume state is recomputed, identically, when the member resumes.)
+    """
+    step = int(ck.load_tensors(checkpoints.parent / ck.RESUME_FILE)[1]["step"])
+    return {p.name: p.stat().st_mtime_ns for p in checkpoints.iterdir()
+            if ck.checkpoint_step(p.name) is not None and ck.checkpoint_step(p.name) <= step}
 
 
 def _capture(errors, function, *args, **kwargs):
