@@ -43,6 +43,7 @@ from grokscope.formats import native
 from grokscope.formats.base import Run
 from grokscope.models import (HookedTransformer, HookedTransformerConfig, build_model, cross_entropy_f64,
                               final_logits, nanda_config, parameter_state_dict, pizza_config)
+from grokscope.monitor import LOG_MONITOR_COLUMNS, TrainOnlyMonitor, detect_phases
 from grokscope.progress import Progress
 from grokscope.tasks import Task, held_out_mask
 
@@ -248,8 +249,9 @@ class GrokfastEMA:
             param.grad.add_(self.mu[name], alpha=self.lamb)
 
 
-def run_metadata(config: TrainConfig, finished: bool = False, wall_time_s: float | None = None) -> dict:
-    """The content of run.json for ``config``."""
+def run_metadata(config: TrainConfig, finished: bool = False, wall_time_s: float | None = None,
+                 monitor_s: float | None = None) -> dict:
+    """The content of run.json for ``config`` (``monitor_s``: seconds spent in the train-only monitor)."""
     cfg = config.model_config()
     return {
         "format": ck.FORMAT_NAME,
@@ -267,7 +269,7 @@ def run_metadata(config: TrainConfig, finished: bool = False, wall_time_s: float
                      "checkpoint_per_decade": config.checkpoint_per_decade, "log_every": config.log_every},
         "seeds": {"init": config.seed, "split": config.split_seed},
         "train_config": config.to_dict(),
-        "status": {"finished": finished, "wall_time_s": wall_time_s},
+        "status": {"finished": finished, "wall_time_s": wall_time_s, "monitor_s": monitor_s},
     }
 
 
@@ -352,11 +354,13 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run
 
     start, elapsed = 0, 0.0
     resume_path, log_path = out / ck.RESUME_FILE, out / ck.LOG_CSV
-    log = {column: [] for column in ck.LOG_COLUMNS}
+    log = {column: [] for column in (*ck.LOG_COLUMNS, *LOG_MONITOR_COLUMNS)}
+    monitor = TrainOnlyMonitor(task, train_idx)  # train rows only: the phase shown needs no test set
     if resume_path.exists():
         start, elapsed = ck.load_resume(resume_path, model, optimizer, trainable, grokfast)
         if log_path.exists():
-            log = ck.truncate_log(ck.read_log(log_path), start - 1)
+            log = _with_monitor_columns(ck.truncate_log(ck.read_log(log_path), start - 1))
+            monitor.replay(log)
     schedule = set(config.checkpoint_steps())
     clock = time.perf_counter()
 
@@ -374,7 +378,10 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run
                            (test_logits.argmax(-1) == test_labels).double().mean().item())
                 for column, value in zip(ck.LOG_COLUMNS, row):
                     log[column].append(value)
-                bar.update(step, train_loss=row[1], test_loss=row[2], train_acc=row[3], test_acc=row[4])
+                for column, value in monitor.measure(model, step, train_logits=logits).items():
+                    log[column].append(value)
+                bar.update(step, train_loss=row[1], test_loss=row[2], train_acc=row[3], test_acc=row[4],
+                           phase=monitor.phase)
             if step in schedule:
                 ck.save_tensors(checkpoint_dir / ck.checkpoint_filename(step), parameter_state_dict(model),
                                 metadata={"step": str(step)})
@@ -391,9 +398,18 @@ def train(config: TrainConfig, out: str | Path, *, progress: bool = True) -> Run
             optimizer.zero_grad(set_to_none=True)
             bar.update(step + 1)
     wall_time = elapsed + time.perf_counter() - clock
-    ck.write_json(out / ck.RUN_JSON, run_metadata(config, finished=True, wall_time_s=round(wall_time, 3)))
+    ck.write_json(out / ck.RUN_JSON, run_metadata(config, finished=True, wall_time_s=round(wall_time, 3),
+                                                  monitor_s=round(monitor.seconds, 3)))
     resume_path.unlink(missing_ok=True)
     return native.read(out)
+
+
+def _with_monitor_columns(log: dict[str, list]) -> dict[str, list]:
+    """A log read back, with empty train-only columns added where an older version wrote none."""
+    n = len(log["step"])
+    for column in LOG_MONITOR_COLUMNS:
+        log.setdefault(column, [math.nan] * n if column != LOG_MONITOR_COLUMNS[-1] else [""] * n)
+    return log
 
 
 def first_step_at(log: dict[str, list], column: str, threshold: float = 0.99) -> int | None:
@@ -409,6 +425,9 @@ def summarize(run) -> dict[str, Any]:
     log = run.log or {column: [] for column in ck.LOG_COLUMNS}
     train_99, test_99 = first_step_at(log, "train_acc"), first_step_at(log, "test_acc")
     final = {column: values[-1] for column, values in log.items()} if log["step"] else {}
+    detection = None
+    if log["step"] and "trainonly_restricted_loss" in log:
+        detection = detect_phases(log)[0]
     return {
         "train_99_step": train_99,
         "test_99_step": test_99,
@@ -416,4 +435,6 @@ def summarize(run) -> dict[str, Any]:
         "final": final,
         "checkpoints": len(run.steps),
         "wall_time_s": run.config.get("status", {}).get("wall_time_s"),
+        "monitor_s": run.config.get("status", {}).get("monitor_s"),
+        "train_only": detection.to_dict() if detection is not None else None,
     }

@@ -1,0 +1,145 @@
+"""Validate the train-only phase detector: lead times on grokking runs, false alarms on runs that never grok.
+
+Trains (one at a time, one torch thread, resumable) the runs listed in ``RUNS`` under ``runs/monitor/``,
+then replays the train-only monitor over every checkpoint of each run, exactly as training calls it
+at log steps, and prints the markdown tables of docs/monitor.md:
+
+    python benchmarks/monitor_lead_times.py train      # trains what is missing (slow: minutes per run)
+    python benchmarks/monitor_lead_times.py table      # measures and prints the tables
+    python benchmarks/monitor_lead_times.py table --nanda runs/nanda   # adds the [N23] preset run
+
+The detector never sees a test row; test accuracy comes from each run's log.csv, only to score it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "runs" / "monitor"
+
+GROKKING = [(f"fast_s{s}", ["--preset", "fast", "--seed", str(s), "--split-seed", str(s)]) for s in range(10)]
+"""Ten seeds (initialisation and split) of the ``fast`` recipe: they grok within 1,000 epochs."""
+
+NON_GROKKING = [
+    *[(f"wd0_s{s}", ["--preset", "fast", "--weight-decay", "0", "--seed", str(s), "--split-seed", str(s)])
+      for s in range(3)],
+    *[(f"frac015_s{s}", ["--preset", "fast", "--frac", "0.15", "--seed", str(s), "--split-seed", str(s)])
+      for s in range(2)],
+]
+"""Runs expected not to grok in 1,000 epochs: no weight decay (3 seeds), 15% train data (2 seeds)."""
+
+RUNS = GROKKING + NON_GROKKING
+
+
+def training_order() -> list[tuple[str, list[str]]]:
+    """Grokking and non-grokking runs interleaved, so a partial pass already has both kinds."""
+    order, rest = [], list(NON_GROKKING)
+    for i, run in enumerate(GROKKING):
+        order.append(run)
+        if rest and i % 2 == 0:
+            order.append(rest.pop(0))
+    return order + rest
+
+
+def train_all(threads: int = 1) -> None:
+    """Train every run of ``RUNS`` that is not finished yet (``grokscope train`` resumes or skips)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    for name, args in training_order():
+        command = [sys.executable, "-m", "grokscope.cli", "train", "--out", str(OUT / name), "--quiet",
+                   "--threads", str(threads), *args]
+        print(" ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True, env=env)
+
+
+def measure_run(path: Path) -> dict[str, list]:
+    """Train-only measures at every checkpoint of the run at ``path`` (cached next to the runs)."""
+    import torch
+
+    from grokscope.analysis import assemble_table
+    from grokscope.formats import native
+    from grokscope.fourier import fourier_basis
+    from grokscope.monitor import train_only_measures
+
+    cache = OUT / "_measures" / f"{path.name}.json"
+    if cache.exists() and cache.stat().st_mtime > (path / "run.json").stat().st_mtime:
+        return json.loads(cache.read_text())
+    torch.set_num_threads(1)
+    run = native.read(path)
+    basis = fourier_basis(run.task.p)
+    rows = [(step, train_only_measures(model, run.task, run.train_indices, basis=basis).as_row())
+            for step, model in run.iter_models()]
+    table = assemble_table(rows)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(table))
+    return table
+
+
+def first_step(steps, values, threshold):
+    """The first step where ``values`` reaches ``threshold`` (None if never)."""
+    return next((int(s) for s, v in zip(steps, values) if v >= threshold), None)
+
+
+def score_run(path: Path) -> dict:
+    """Detection, forecast and the test-accuracy steps of one run."""
+    from grokscope.formats import native
+    from grokscope.monitor import detect_phases
+
+    table = measure_run(path)
+    detection, _ = detect_phases(table)
+    log = native.read(path).log
+    return {"run": path.name, "memorised": detection.memorised_step, "since": detection.peak_step,
+            "alarm": detection.circuit_step, "cleanup": detection.cleanup_step,
+            "generalised": detection.generalised_step, "forecast": detection.forecast_step,
+            "test50": first_step(log["step"], log["test_acc"], 0.5),
+            "test99": first_step(log["step"], log["test_acc"], 0.99),
+            "final_test_acc": log["test_acc"][-1]}
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown(scores: list[dict]) -> str:
+    """The lead-time table: one row per run, then the counts the goal asks for."""
+    head = ("| run | memorised | circuit since | alarm | cleanup | generalised | forecast | test 50% | test 99% "
+            "| lead on 50% | final test acc |")
+    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+    for s in scores:
+        lead = s["test50"] - s["alarm"] if s["alarm"] is not None and s["test50"] is not None else None
+        lines.append("| " + " | ".join(_cell(s[k]) for k in ("run", "memorised", "since", "alarm", "cleanup",
+                                                               "generalised", "forecast", "test50", "test99"))
+                     + f" | {_cell(lead)} | {_cell(s['final_test_acc'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("train", "table"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nanda", metavar="DIR", help="a finished nanda-preset run to add to the table")
+    args = parser.parse_args(argv)
+    if args.what == "train":
+        train_all(args.threads)
+        return 0
+    groups = [("grokking", GROKKING), ("non-grokking", NON_GROKKING)]
+    if args.nanda:
+        groups.append(("nanda", [(args.nanda, None)]))
+    for title, runs in groups:
+        paths = [Path(name) if args is None else (OUT / name if title != "nanda" else Path(name))
+                 for name, args in runs]
+        scores = [score_run(path) for path in paths if (path / "run.json").exists()]
+        early = sum(1 for s in scores if s["alarm"] is not None
+                    and (s["test50"] is None or s["alarm"] < s["test50"]))
+        fired = sum(1 for s in scores if s["alarm"] is not None)
+        print(f"\n### {title} ({len(scores)} runs; alarm before test 50%: {early}; alarm at all: {fired})\n")
+        print(markdown(scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
