@@ -41,6 +41,7 @@ from grokscope.formats.base import skip_entry
 from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fourier_basis, key_frequencies)
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
+from grokscope.monitor import Detection, detect_phases, train_only_measures
 from grokscope.phases import Phases, find_phases
 from grokscope.progress import Progress
 from grokscope.tasks import Task
@@ -67,6 +68,8 @@ class AnalysisResult:
         classification: what ``classify`` returned for the final checkpoint (None without it).
         key_freqs_by_step: with ``recompute_key_freqs``, step -> that checkpoint's frequencies.
         final_extras: what each ``inspect_final`` callable returned for the final checkpoint.
+        train_only: the train-only detector replayed over the trainonly_* columns
+            (``monitor.detect_phases``); the only phases available when the split is unknown.
     """
 
     run_info: dict[str, Any]
@@ -79,6 +82,7 @@ class AnalysisResult:
     classification: Any = None
     key_freqs_by_step: dict[int, list[int]] | None = None
     final_extras: dict[str, Any] = field(default_factory=dict)
+    train_only: Detection | None = None
 
     @property
     def steps(self) -> list[int]:
@@ -155,7 +159,9 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
     """One checkpoint's table row, its notes, and (when ``key_freqs`` is None) its own key frequencies.
 
     One forward pass feeds everything; with ``key_freqs=None`` the same pass also yields the MLP
-    activations from which ``rule`` (default "A") picks this checkpoint's key frequencies.
+    activations from which ``rule`` (default "A") picks this checkpoint's key frequencies. The row
+    also holds the train-only measures (``monitor.train_only_measures``: their own key frequencies
+    from the weights, losses on the train rows, every row when the split is unknown).
     """
     basis = fourier_basis(task.p) if basis is None else basis
     own = None
@@ -167,7 +173,10 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
         else:
             logits = final_logits(model, task.tokens())
         measures = progress_measures(model, task, key_freqs, train_indices, logits=logits, basis=basis)
-    return measures.as_row(), measures.notes, own
+        rows = None if train_indices is None else torch.as_tensor(train_indices).long()
+        train_only = train_only_measures(model, task, rows, basis=basis,
+                                         train_logits=logits if rows is None else logits[rows])
+    return {**measures.as_row(), **train_only.as_row()}, measures.notes + train_only.notes, own
 
 
 def _key_frequencies_or_none(model, task, rule, post, basis) -> KeyFrequencies:
@@ -291,13 +300,14 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
     if run.train_indices is None:
         notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows")
     phases = find_phases(table)
+    detection = detect_phases(table)[0] if "trainonly_restricted_loss" in table else None
     skipped = _unique(run.skipped)
     info = {"source": run.source, "format": run.format, "task": task.to_dict(), "n_ctx": task.n_ctx,
             "alpha": float(run.alpha), "n_checkpoints": len(table["step"]),
-            "n_checkpoints_listed": len(run.steps)}
+            "n_checkpoints_listed": len(run.steps), "split_known": run.train_indices is not None}
     return AnalysisResult(run_info=info, task=task, key_freqs=chosen, table=table, phases=phases,
                           skipped=skipped, notes=notes, classification=classification,
-                          key_freqs_by_step=by_step, final_extras=extras)
+                          key_freqs_by_step=by_step, final_extras=extras, train_only=detection)
 
 
 def _measured_checkpoints(run, key_freqs, rule, basis, workers):

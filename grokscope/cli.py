@@ -87,23 +87,12 @@ def format_summary(out: str, config, summary: dict) -> str:
     lines.append(f"  {summary['checkpoints']} checkpoints")
     detection, monitor_s = summary.get("train_only"), summary.get("monitor_s")
     if detection is not None:
-        lines.append(f"  train-only monitor: {_detection_line(detection)}")
+        from grokscope.monitor import describe_detection
+
+        lines.append(f"  train-only monitor: {describe_detection(detection)}")
     if monitor_s is not None and wall:
         lines.append(f"  train-only monitor cost: {monitor_s:.2f} s ({monitor_s / wall:.1%} of training)")
     return "\n".join(lines)
-
-
-def _detection_line(detection: dict) -> str:
-    """The detector's conclusion in words (``monitor.Detection.to_dict`` output)."""
-    if detection.get("circuit_step") is None:
-        return f"{detection['phase']} (no circuit formation detected)"
-    text = (f"{detection['phase']}; circuit formation under way since step {detection['peak_step']} "
-            f"(detected at {detection['circuit_step']})")
-    if detection.get("generalised_step") is not None:
-        text += f", generalised (train-only) at step {detection['generalised_step']}"
-    elif detection.get("forecast_step") is not None:
-        text += f", grokking forecast near step {detection['forecast_step']}"
-    return text
 
 
 def _add_analyze(subparsers) -> None:

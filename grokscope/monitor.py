@@ -306,17 +306,30 @@ class Detection:
     peak_ratio: float = NAN
 
     def message(self) -> str:
-        """One line for a progress bar or a summary."""
-        if self.circuit_step is None:
-            return self.phase
-        text = f"{self.phase}: circuit formation under way since step {self.peak_step} (detected at {self.circuit_step})"
-        if self.generalised_step is None and self.forecast_step is not None:
-            text += f", grokking forecast near step {self.forecast_step}"
-        return text
+        """The conclusion in one line (``describe_detection``)."""
+        return describe_detection(self.to_dict())
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of every field, and the rule."""
         return {**{name: getattr(self, name) for name in self.__dataclass_fields__}, "rule": DETECTOR_RULE}
+
+
+def describe_detection(detection: dict) -> str:
+    """One line for a ``Detection.to_dict()``: the phase, the alarm and the forecast.
+
+    >>> describe_detection(Detection(phase="circuit forming", peak_step=80, circuit_step=120,
+    ...                              forecast_step=540).to_dict())
+    'circuit forming; circuit formation under way since step 80 (detected at 120), grokking forecast near step 540'
+    """
+    if detection.get("circuit_step") is None:
+        return f"{detection['phase']} (no circuit formation detected)"
+    text = (f"{detection['phase']}; circuit formation under way since step {detection['peak_step']} "
+            f"(detected at {detection['circuit_step']})")
+    if detection.get("generalised_step") is not None:
+        text += f", generalised (train-only rule) at step {detection['generalised_step']}"
+    elif detection.get("forecast_step") is not None:
+        text += f", grokking forecast near step {detection['forecast_step']}"
+    return text
 
 
 DETECTOR_RULE = (f"r = trainonly_restricted_loss / trainonly_train_loss (K: top {MAX_KEY_FREQS} W_E frequencies "

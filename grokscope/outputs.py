@@ -48,11 +48,25 @@ def summary_dict(result: AnalysisResult) -> dict[str, Any]:
                   "restricted_loss": _number(final, "restricted_loss"),
                   "excluded_loss": _number(final, "excluded_loss")},
         "phases": phases,
+        "train_only": _train_only_summary(result),
         "classification": classification,
         "notes": list(result.notes),
         "skipped": [dict(entry) for entry in result.skipped],
     }
     return json_safe(summary)
+
+
+def _train_only_summary(result: AnalysisResult) -> dict[str, Any] | None:
+    """The train-only block of summary.json: final measures, the detector's steps and rule, which rows."""
+    if result.train_only is None:
+        return None
+    from grokscope.monitor import KEY_RULES, MAX_KEY_FREQS, TRAIN_ONLY_COLUMNS
+
+    final = result.final_row
+    return {"rows": "train" if result.run_info.get("split_known") else "all (split unknown)",
+            "key_frequencies": {"rule": KEY_RULES[0], "threshold": 0.25, "max_freqs": MAX_KEY_FREQS},
+            "final": {name.removeprefix("trainonly_"): _number(final, name) for name in TRAIN_ONLY_COLUMNS},
+            "detection": result.train_only.to_dict()}
 
 
 def collection_summary(results: Sequence[AnalysisResult], source: str, fmt: str,
@@ -157,6 +171,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _train_only_lines(train_only: dict | None) -> list[str]:
+    if not train_only:
+        return []
+    from grokscope.monitor import describe_detection
+
+    final = train_only["final"]
+    return [f"train-only   ({train_only['rows']} rows) excluded {_fmt(final['excluded_loss'])}, restricted "
+            f"{_fmt(final['restricted_loss'])}; {describe_detection(train_only['detection'])}"]
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The short table `grokscope analyze` prints: task, checkpoints, key frequencies, phases, losses, label."""
     if "models" in summary:
@@ -186,6 +210,7 @@ def format_table(summary: dict[str, Any]) -> str:
                  f"final        step {_fmt(final['step'])}: accuracy {_fmt(final['accuracy'], 4)}, train loss "
                  f"{_fmt(final['train_loss'])}, test loss {_fmt(final['test_loss'])}, restricted "
                  f"{_fmt(final['restricted_loss'])}, excluded {_fmt(final['excluded_loss'])}",
+                 *_train_only_lines(summary.get("train_only")),
                  f"label        {c.get('label', '-')}" + (f" ({c['reason']})" if c.get("reason") else "")
                  + (f", confidence {_fmt(c.get('confidence'), 2)}, GS {_fmt(c.get('gradient_symmetricity'))}, "
                     f"DI {_fmt(c.get('distance_irrelevance'))}, circularity {_fmt(c.get('circularity'))} "
