@@ -176,7 +176,8 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
         rows = None if train_indices is None else torch.as_tensor(train_indices).long()
         train_only = train_only_measures(model, task, rows, basis=basis,
                                          train_logits=logits if rows is None else logits[rows])
-    return {**measures.as_row(), **train_only.as_row()}, measures.notes + train_only.notes, own
+    notes = measures.notes + [note for note in train_only.notes if "split unknown" not in note]  # analyze says it once
+    return {**measures.as_row(), **train_only.as_row()}, notes, own
 
 
 def _key_frequencies_or_none(model, task, rule, post, basis) -> KeyFrequencies:
@@ -298,7 +299,8 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
         chosen = KeyFrequencies(freqs=by_step[table["step"][-1]], rule=rule, threshold=chosen.threshold,
                                 detail={"recomputed_per_checkpoint": True})
     if run.train_indices is None:
-        notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows")
+        notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows; "
+                     "the trainonly_* columns count every grid row as a train row")
     phases = find_phases(table)
     detection = detect_phases(table)[0] if "trainonly_restricted_loss" in table else None
     skipped = _unique(run.skipped)
