@@ -7,6 +7,7 @@ at log steps, and prints the markdown tables of docs/monitor.md:
     python benchmarks/monitor_lead_times.py train      # trains what is missing (slow: minutes per run)
     python benchmarks/monitor_lead_times.py table      # measures and prints the tables
     python benchmarks/monitor_lead_times.py table --nanda runs/nanda   # adds the [N23] preset run
+    python benchmarks/monitor_lead_times.py pathways   # pathway measures at the milestones of a few runs
 
 The detector never sees a test row; test accuracy comes from each run's log.csv, only to score it.
 """
@@ -79,6 +80,11 @@ def measure_run(path: Path) -> dict[str, list]:
     return table
 
 
+def _finished(path: Path) -> bool:
+    run_json = path / "run.json"
+    return run_json.exists() and json.loads(run_json.read_text()).get("status", {}).get("finished", False)
+
+
 def first_step(steps, values, threshold):
     """The first step where ``values`` reaches ``threshold`` (None if never)."""
     return next((int(s) for s, v in zip(steps, values) if v >= threshold), None)
@@ -89,12 +95,16 @@ def score_run(path: Path) -> dict:
     from grokscope.formats import native
     from grokscope.monitor import detect_phases
 
-    table = measure_run(path)
-    detection, _ = detect_phases(table)
     log = native.read(path).log
-    return {"run": path.name, "memorised": detection.memorised_step, "since": detection.peak_step,
+    live = "trainonly_restricted_loss" in log and not any(v != v for v in log["trainonly_restricted_loss"])
+    detection, _ = detect_phases(log if live else measure_run(path))
+    forecast = (f"{detection.first_forecast_step} (at {detection.first_forecast_at})"
+                if detection.first_forecast_step is not None else None)
+    return {"run": path.name, "rows": "log" if live else "checkpoints",
+            "memorised": detection.memorised_step, "since": detection.peak_step,
             "alarm": detection.circuit_step, "cleanup": detection.cleanup_step,
-            "generalised": detection.generalised_step, "forecast": detection.forecast_step,
+            "generalised": detection.generalised_step, "forecast": forecast,
+            "cleanup_forecast": detection.cleanup_forecast_step,
             "test50": first_step(log["step"], log["test_acc"], 0.5),
             "test99": first_step(log["step"], log["test_acc"], 0.99),
             "final_test_acc": log["test_acc"][-1]}
@@ -106,25 +116,67 @@ def _cell(value) -> str:
 
 def markdown(scores: list[dict]) -> str:
     """The lead-time table: one row per run, then the counts the goal asks for."""
-    head = ("| run | memorised | circuit since | alarm | cleanup | generalised | forecast | test 50% | test 99% "
-            "| lead on 50% | final test acc |")
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+    head = ("| run | rows | memorised | circuit since | alarm | cleanup | generalised | first forecast (made at) "
+            "| forecast at cleanup | test 50% | test 99% | alarm lead on 50% | alarm lead on 99% | final test acc |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in scores:
-        lead = s["test50"] - s["alarm"] if s["alarm"] is not None and s["test50"] is not None else None
-        lines.append("| " + " | ".join(_cell(s[k]) for k in ("run", "memorised", "since", "alarm", "cleanup",
-                                                               "generalised", "forecast", "test50", "test99"))
-                     + f" | {_cell(lead)} | {_cell(s['final_test_acc'])} |")
+        leads = [s[t] - s["alarm"] if s["alarm"] is not None and s[t] is not None else None
+                 for t in ("test50", "test99")]
+        lines.append("| " + " | ".join(_cell(s[k]) for k in ("run", "rows", "memorised", "since", "alarm", "cleanup",
+                                                               "generalised", "forecast", "cleanup_forecast",
+                                                               "test50", "test99"))
+                     + f" | {_cell(leads[0])} | {_cell(leads[1])} | {_cell(s['final_test_acc'])} |")
+    return "\n".join(lines)
+
+
+PATHWAY_RUNS = ("fast_s0", "fast_s1", "wd0_s0", "frac015_s0")
+"""Runs whose pathway measures docs/monitor.md shows."""
+
+
+def pathway_table(name: str) -> str:
+    """Pathway measures beside the train-only excluded loss and the test accuracy, at milestone steps."""
+    import torch
+
+    from grokscope.formats import native
+    from grokscope.monitor import detect_phases
+    from grokscope.pathways import pathway_measures
+
+    torch.set_num_threads(1)
+    path = OUT / name
+    run = native.read(path)
+    measures = measure_run(path)
+    detection, _ = detect_phases(measures)
+    log = run.log
+    test50, test99 = (first_step(log["step"], log["test_acc"], t) for t in (0.5, 0.99))
+    marks = {0: "init", detection.memorised_step: "memorised", detection.circuit_step: "alarm",
+             test50: "test 50%", test99: "test 99%", run.steps[-1]: "end"}
+    marks.update({s: "" for s in (100, 300, 500, 800) if s not in marks})
+    lines = [f"\n{name}\n", "| step | milestone | test acc | excluded loss (train-only) | pathway distance "
+             "| label consistency | active fraction |", "|---|---|---|---|---|---|---|"]
+    for step in sorted(s for s in marks if s is not None):
+        i = min(range(len(run.steps)), key=lambda j: abs(run.steps[j] - step))  # nearest checkpoint
+        at = run.steps[i]
+        m = pathway_measures(run.model(i), run.task, run.train_indices)
+        acc = log["test_acc"][min(range(len(log["step"])), key=lambda j: abs(log["step"][j] - at))]
+        excluded = measures["trainonly_excluded_loss"][measures["step"].index(at)]
+        lines.append(f"| {at} | {marks[step]} | {acc:.3f} | {excluded:.2f} | {m['pathway_distance']:.4f} "
+                     f"| {m['label_consistency']:.4f} | {m['active_fraction']:.3f} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("train", "table"))
+    parser.add_argument("what", choices=("train", "table", "pathways"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--nanda", metavar="DIR", help="a finished nanda-preset run to add to the table")
     args = parser.parse_args(argv)
     if args.what == "train":
         train_all(args.threads)
+        return 0
+    if args.what == "pathways":
+        for name in PATHWAY_RUNS:
+            if _finished(OUT / name):
+                print(pathway_table(name))
         return 0
     groups = [("grokking", GROKKING), ("non-grokking", NON_GROKKING)]
     if args.nanda:
@@ -132,7 +184,7 @@ def main(argv=None) -> int:
     for title, runs in groups:
         paths = [Path(name) if args is None else (OUT / name if title != "nanda" else Path(name))
                  for name, args in runs]
-        scores = [score_run(path) for path in paths if (path / "run.json").exists()]
+        scores = [score_run(path) for path in paths if _finished(path)]
         early = sum(1 for s in scores if s["alarm"] is not None
                     and (s["test50"] is None or s["alarm"] < s["test50"]))
         fired = sum(1 for s in scores if s["alarm"] is not None)

@@ -291,7 +291,10 @@ class Detection:
         generalised_step: first step (after the alarm) where r <= 1: the key frequencies alone fit
             the train rows at least as well as the whole model.
         forecast_step: the step where a straight line through log r since the alarm reaches 0
-            (None before ``MIN_FORECAST_ROWS`` rows or while log r is not falling).
+            (None before ``MIN_FORECAST_ROWS`` rows or while log r is not falling); updated at every
+            row until ``generalised_step``, then kept.
+        first_forecast_step, first_forecast_at: the first forecast and the step it was made at.
+        cleanup_forecast_step: the forecast made at ``cleanup_step``.
         ratio: r at the last row; peak_ratio: r at ``peak_step``.
     """
 
@@ -302,6 +305,9 @@ class Detection:
     cleanup_step: int | None = None
     generalised_step: int | None = None
     forecast_step: int | None = None
+    first_forecast_step: int | None = None
+    first_forecast_at: int | None = None
+    cleanup_forecast_step: int | None = None
     ratio: float = NAN
     peak_ratio: float = NAN
 
@@ -376,14 +382,17 @@ class PhaseDetector:
                 d.peak_ratio, d.peak_step = r, int(step)
             elif r <= d.peak_ratio / FALL:
                 d.circuit_step, d.phase = int(step), PHASES[1]
-        if d.circuit_step is not None:
+        if d.circuit_step is not None and d.generalised_step is None:
             self._log.append((int(step), math.log(r)))
+            d.forecast_step = _forecast(self._log)
+            if d.first_forecast_step is None and d.forecast_step is not None:
+                d.first_forecast_step, d.first_forecast_at = d.forecast_step, int(step)
             if d.cleanup_step is None and r <= math.sqrt(max(d.peak_ratio, 1.0)):
                 d.cleanup_step, d.phase = int(step), PHASES[2]
+                d.cleanup_forecast_step = d.forecast_step
             if d.generalised_step is None and r <= 1.0:
                 d.generalised_step, d.phase = int(step), PHASES[3]
                 d.cleanup_step = d.cleanup_step if d.cleanup_step is not None else int(step)
-            d.forecast_step = _forecast(self._log)
         return d
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from grokscope.errors import GrokscopeError
 
-__all__ = ["phase_spans", "loss_curves", "restricted_excluded_curves", "weight_curves",
+__all__ = ["phase_spans", "loss_curves", "restricted_excluded_curves", "weight_curves", "train_only_curves",
            "fourier_norms", "neuron_clusters", "embedding_circles", "logit_map", "model_comparison",
            "standard_figures"]
 
@@ -242,6 +242,33 @@ def weight_curves(table: Mapping[str, Any], phases: PhasesLike = None, *,
                    log_x, title, 560)
 
 
+def train_only_curves(table: Mapping[str, Any], phases: PhasesLike = None, *,
+                      log_x: bool | None = None, title: str = "Train-only measures") -> go.Figure:
+    """The train-only measures (``grokscope.monitor``: key frequencies from the weights, losses on the
+    train rows) with the test loss dashed for reference, above the pathway measures
+    (``grokscope.pathways``, where the table has them) and the test accuracy.
+
+    >>> fig = train_only_curves({"step": [0, 10], "trainonly_excluded_loss": [4.0, 6.0],
+    ...                          "pathway_distance": [0.1, 0.4]})
+    >>> [trace.name for trace in fig.data]
+    ['excluded loss (train-only)', 'pathway distance']
+    """
+    panels = [[("trainonly_train_loss", "train loss", dict(color=COLORS["train"])),
+               ("trainonly_restricted_loss", "restricted loss (train-only)", dict(color=COLORS["restricted"])),
+               ("trainonly_excluded_loss", "excluded loss (train-only)", dict(color=COLORS["excluded"])),
+               ("test_loss", "test loss (reference)", dict(color=COLORS["test"], dash="dash", width=1))],
+              [("pathway_distance", "pathway distance", dict(color="#ff7f0e")),
+               ("label_consistency", "label consistency", dict(color="#17becf")),
+               ("test_acc", "test accuracy (reference)", dict(color=COLORS["test"], dash="dash", width=1))]]
+    present = [[entry for entry in panel if entry[0] in table] for panel in panels]
+    kept = [(panel, log, name) for panel, log, name in zip(present, [True, False], ["loss", "pathways / accuracy"])
+            if panel]
+    if not kept:
+        return _empty(title, "no train-only columns: nothing to plot")
+    return _curves(table, [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], phases, log_x,
+                   title, 300 + 260 * len(kept))
+
+
 # ---------------------------------------------------------------- one checkpoint
 
 def fourier_norms(norms: Float[Tensor, "n_freq"] | Float[np.ndarray, "n_freq"],
@@ -437,6 +464,8 @@ def standard_figures(table: Mapping[str, Any] | None = None, phases: PhasesLike 
     if table is not None:
         figures += [loss_curves(table, phases), restricted_excluded_curves(table, phases),
                     weight_curves(table, phases)]
+        if "trainonly_excluded_loss" in table:
+            figures.append(train_only_curves(table, phases))
     if embedding_norms is not None:
         figures.append(fourier_norms(embedding_norms, key_freqs))
     if neuron_freq is not None and frac_explained is not None:
