@@ -90,11 +90,14 @@ class TrainOnlyMeasures:
     n_rows: int = 0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def n_key_freqs(self) -> int:
+        """|K|."""
+        return len(self.key_freqs)
+
     def as_row(self) -> dict[str, float]:
-        """The ``TRAIN_ONLY_COLUMNS`` as floats (``trainonly_n_key_freqs`` = |K|)."""
-        values = {"n_key_freqs": float(len(self.key_freqs))}
-        return {column: float(values.get(column[len(PREFIX):], getattr(self, column[len(PREFIX):], NAN)))
-                for column in TRAIN_ONLY_COLUMNS}
+        """The ``TRAIN_ONLY_COLUMNS`` as floats: ``trainonly_<name>`` is the attribute ``<name>``."""
+        return {column: float(getattr(self, column.removeprefix(PREFIX))) for column in TRAIN_ONLY_COLUMNS}
 
 
 # ----- weights ------------------------------------------------------------------------------------------

@@ -60,11 +60,12 @@ def _train_only_summary(result: AnalysisResult) -> dict[str, Any] | None:
     """The train-only block of summary.json: final measures, the detector's steps and rule, which rows."""
     if result.train_only is None:
         return None
+    from grokscope.fourier import RELATIVE_NORM
     from grokscope.monitor import KEY_RULES, MAX_KEY_FREQS, TRAIN_ONLY_COLUMNS
 
     final = result.final_row
     return {"rows": "train" if result.run_info.get("split_known") else "all (split unknown)",
-            "key_frequencies": {"rule": KEY_RULES[0], "threshold": 0.25, "max_freqs": MAX_KEY_FREQS},
+            "key_frequencies": {"rule": KEY_RULES[0], "threshold": RELATIVE_NORM, "max_freqs": MAX_KEY_FREQS},
             "final": {name.removeprefix("trainonly_"): _number(final, name) for name in TRAIN_ONLY_COLUMNS},
             "detection": result.train_only.to_dict()}
 

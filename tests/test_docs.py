@@ -10,8 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-API_MODULES = ("tasks", "models", "constructions", "train", "formats", "fourier", "measures", "phases",
-               "signatures", "classify", "analyze", "plots", "report")
+API_MODULES = ("tasks", "models", "constructions", "training", "formats", "fourier", "measures", "phases",
+               "monitor", "pathways", "algorithm_signatures", "classifier", "analysis", "plots", "report")
 
 
 def nav_pages(nav) -> list[str]:
