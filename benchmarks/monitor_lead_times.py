@@ -41,7 +41,7 @@ def training_order() -> list[tuple[str, list[str]]]:
     order, rest = [], list(NON_GROKKING)
     for i, run in enumerate(GROKKING):
         order.append(run)
-        if rest and i % 2 == 0:
+        if rest:
             order.append(rest.pop(0))
     return order + rest
 
@@ -178,6 +178,14 @@ def main(argv=None) -> int:
             if _finished(OUT / name):
                 print(pathway_table(name))
         return 0
+    costs = []
+    for name, _ in RUNS:
+        status = json.loads((OUT / name / "run.json").read_text()).get("status", {}) if _finished(OUT / name) else {}
+        if status.get("monitor_s") is not None and status.get("wall_time_s"):
+            costs.append(status["monitor_s"] / status["wall_time_s"])
+    if costs:
+        print(f"monitor cost over {len(costs)} runs with the live monitor: {min(costs):.1%} to {max(costs):.1%} "
+              f"of training wall time (mean {sum(costs) / len(costs):.1%})")
     groups = [("grokking", GROKKING), ("non-grokking", NON_GROKKING)]
     if args.nanda:
         groups.append(("nanda", [(args.nanda, None)]))
