@@ -70,6 +70,7 @@ class AnalysisResult:
         final_extras: what each ``inspect_final`` callable returned for the final checkpoint.
         train_only: the train-only detector replayed over the trainonly_* columns
             (``monitor.detect_phases``); the only phases available when the split is unknown.
+            None for a single checkpoint (the detector needs a sequence).
     """
 
     run_info: dict[str, Any]
@@ -302,7 +303,8 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
         notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows; "
                      "the trainonly_* columns count every grid row as a train row")
     phases = find_phases(table)
-    detection = detect_phases(table)[0] if "trainonly_restricted_loss" in table else None
+    # One checkpoint is a snapshot: the detector needs a sequence to see r rise and fall.
+    detection = detect_phases(table)[0] if "trainonly_restricted_loss" in table and len(table["step"]) > 1 else None
     skipped = _unique(run.skipped)
     info = {"source": run.source, "format": run.format, "task": task.to_dict(), "n_ctx": task.n_ctx,
             "alpha": float(run.alpha), "n_checkpoints": len(table["step"]),

@@ -58,7 +58,7 @@ def summary_dict(result: AnalysisResult) -> dict[str, Any]:
 
 def _train_only_summary(result: AnalysisResult) -> dict[str, Any] | None:
     """The train-only block of summary.json: final measures, the detector's steps and rule, which rows."""
-    if result.train_only is None:
+    if "trainonly_restricted_loss" not in result.table:
         return None
     from grokscope.fourier import RELATIVE_NORM
     from grokscope.monitor import KEY_RULES, MAX_KEY_FREQS, TRAIN_ONLY_COLUMNS
@@ -67,7 +67,13 @@ def _train_only_summary(result: AnalysisResult) -> dict[str, Any] | None:
     return {"rows": "train" if result.run_info.get("split_known") else "all (split unknown)",
             "key_frequencies": {"rule": KEY_RULES[0], "threshold": RELATIVE_NORM, "max_freqs": MAX_KEY_FREQS},
             "final": {name.removeprefix("trainonly_"): _number(final, name) for name in TRAIN_ONLY_COLUMNS},
-            "detection": result.train_only.to_dict()}
+            "restricted_to_train_ratio": _ratio(_number(final, "trainonly_restricted_loss"),
+                                                _number(final, "trainonly_train_loss")),
+            "detection": result.train_only.to_dict() if result.train_only is not None else None}
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
 
 
 def collection_summary(results: Sequence[AnalysisResult], source: str, fmt: str,
@@ -94,6 +100,8 @@ def collection_csv(summaries: Sequence[dict]) -> str:
                      "accuracy": final.get("accuracy"), "loss": final.get("loss"),
                      "restricted_loss": final.get("restricted_loss"),
                      "excluded_loss": final.get("excluded_loss"),
+                     "trainonly_excluded_loss": (s.get("train_only") or {}).get("final", {}).get("excluded_loss"),
+                     "trainonly_restricted_loss": (s.get("train_only") or {}).get("final", {}).get("restricted_loss"),
                      "key_frequencies": " ".join(map(str, s["key_frequencies"]["freqs"])),
                      "label": c.get("label"), "reason": c.get("reason"), "confidence": c.get("confidence"),
                      "gradient_symmetricity": c.get("gradient_symmetricity"),
@@ -177,9 +185,10 @@ def _train_only_lines(train_only: dict | None) -> list[str]:
         return []
     from grokscope.monitor import describe_detection
 
-    final = train_only["final"]
+    final, detection = train_only["final"], train_only["detection"]
     return [f"train-only   ({train_only['rows']} rows) excluded {_fmt(final['excluded_loss'])}, restricted "
-            f"{_fmt(final['restricted_loss'])}; {describe_detection(train_only['detection'])}"]
+            f"{_fmt(final['restricted_loss'])}, restricted / train {_fmt(train_only['restricted_to_train_ratio'])}; "
+            + (describe_detection(detection) if detection else "one checkpoint: no phase detection")]
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -202,7 +202,10 @@ def test_analyze_reports_train_only_measures_when_the_split_is_unknown():
     assert row["trainonly_excluded_loss"] == pytest.approx(math.log(23), rel=1e-4)   # as in the first test
     summary = summary_dict(result)["train_only"]
     assert summary["rows"] == "all (split unknown)" and summary["final"]["n_key_freqs"] == 2
-    assert summary["detection"]["memorised_step"] == 100 and summary["detection"]["rule"]
+    assert summary["restricted_to_train_ratio"] == pytest.approx(1.0, rel=1e-3)     # as in the first test
+    assert summary["detection"] is None and result.train_only is None               # one checkpoint
+    two = analyze(Run(task, model.cfg, [100, 200], lambda i: state, "clock", "memory"), classify=None, views=False)
+    assert two.train_only.memorised_step == 100 and summary_dict(two)["train_only"]["detection"]["rule"]
 
 
 @pytest.mark.slow
