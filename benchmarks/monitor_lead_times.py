@@ -95,9 +95,10 @@ def score_run(path: Path) -> dict:
     from grokscope.formats import native
     from grokscope.monitor import detect_phases
 
-    log = native.read(path).log
+    run = native.read(path)
+    log = run.log
     live = "trainonly_restricted_loss" in log and not any(v != v for v in log["trainonly_restricted_loss"])
-    detection, _ = detect_phases(log if live else measure_run(path))
+    detection, _ = detect_phases(log if live else measure_run(path), run.task.p)
     forecast = (f"{detection.first_forecast_step} (at {detection.first_forecast_at})"
                 if detection.first_forecast_step is not None else None)
     return {"run": path.name, "rows": "log" if live else "checkpoints",
@@ -145,7 +146,7 @@ def pathway_table(name: str) -> str:
     path = OUT / name
     run = native.read(path)
     measures = measure_run(path)
-    detection, _ = detect_phases(measures)
+    detection, _ = detect_phases(measures, run.task.p)
     log = run.log
     test50, test99 = (first_step(log["step"], log["test_acc"], t) for t in (0.5, 0.99))
     marks = {0: "init", detection.memorised_step: "memorised", detection.circuit_step: "alarm",

@@ -304,7 +304,7 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
                      "the trainonly_* columns count every grid row as a train row")
     phases = find_phases(table)
     # One checkpoint is a snapshot: the detector needs a sequence to see r rise and fall.
-    detection = detect_phases(table)[0] if "trainonly_restricted_loss" in table and len(table["step"]) > 1 else None
+    detection = detect_phases(table, task.p)[0] if "trainonly_restricted_loss" in table and len(table["step"]) > 1 else None
     skipped = _unique(run.skipped)
     info = {"source": run.source, "format": run.format, "task": task.to_dict(), "n_ctx": task.n_ctx,
             "alpha": float(run.alpha), "n_checkpoints": len(table["step"]),

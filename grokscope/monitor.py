@@ -275,6 +275,11 @@ MEMORISED_ACC = 0.99
 FALL = 2.0
 """Circuit formation: the restricted-to-train loss ratio has fallen this factor below its peak."""
 
+CHANCE_SHARE = 0.5
+"""...and the restricted loss is below this share of chance, ln p: the key frequencies alone carry the
+train fit. Without it a train-loss bump after memorisation (weight decay pruning a memorised set)
+lowers the ratio on runs whose key frequencies explain nothing (restricted loss at chance)."""
+
 MIN_FORECAST_ROWS = 3
 """Rows since the alarm needed before the detector forecasts the grokking step."""
 
@@ -288,7 +293,8 @@ class Detection:
         memorised_step: first step with train accuracy >= ``MEMORISED_ACC``.
         peak_step: the step of the peak ratio r = restricted / train loss since memorisation;
             "circuit formation under way since" this step.
-        circuit_step: the alarm: first step where r <= peak / ``FALL``.
+        circuit_step: the alarm: first step where r <= peak / ``FALL`` and the restricted loss is
+            at most ``CHANCE_SHARE`` x ln p.
         cleanup_step: first step (after the alarm) where log r has covered half its way from the
             peak to 0 (r <= sqrt(peak)).
         generalised_step: first step (after the alarm) where r <= 1: the key frequencies alone fit
@@ -342,9 +348,9 @@ def describe_detection(detection: dict) -> str:
 
 
 DETECTOR_RULE = (f"r = trainonly_restricted_loss / trainonly_train_loss (K: top {MAX_KEY_FREQS} W_E frequencies "
-                 f"above max/4); memorising until train acc >= {MEMORISED_ACC} and r <= (peak r since then) / "
-                 f"{FALL:g}; cleaning up once r <= sqrt(peak); generalised once r <= 1; forecast: where a line "
-                 f"through log r since the alarm reaches 0")
+                 f"above max/4); memorising until train acc >= {MEMORISED_ACC}, then r <= (peak r since then) / "
+                 f"{FALL:g} with restricted loss <= {CHANCE_SHARE:g} ln p; cleaning up once r <= sqrt(peak); "
+                 f"generalised once r <= 1; forecast: where a line through log r since the alarm reaches 0")
 """The detector's rule in words, stored with every result."""
 
 
@@ -354,7 +360,7 @@ class PhaseDetector:
     Causal by construction: the state after a row depends only on that row and the ones before, so the
     phase shown live in training is the phase ``detect_phases`` gives for the same log prefix.
 
-    >>> d = PhaseDetector()
+    >>> d = PhaseDetector(p=23)
     >>> for step, (tl, rl) in enumerate([(1e-2, 0.5), (1e-3, 0.5), (2e-3, 0.2), (1e-3, 1e-3)]):
     ...     d.update(step * 10, train_acc=1.0, train_loss=tl, restricted_loss=rl).phase
     'memorising'
@@ -365,7 +371,8 @@ class PhaseDetector:
     (10, 20)
     """
 
-    def __init__(self):
+    def __init__(self, p: int):
+        self.chance = math.log(p)
         self.detection = Detection()
         self._log: list[tuple[int, float]] = []        # (step, log r) since the alarm
 
@@ -383,7 +390,7 @@ class PhaseDetector:
         if d.circuit_step is None:
             if not r <= d.peak_ratio:                  # a new peak (or the first row): not falling yet
                 d.peak_ratio, d.peak_step = r, int(step)
-            elif r <= d.peak_ratio / FALL:
+            elif r <= d.peak_ratio / FALL and restricted_loss <= CHANCE_SHARE * self.chance:
                 d.circuit_step, d.phase = int(step), PHASES[1]
         if d.circuit_step is not None and d.generalised_step is None:
             self._log.append((int(step), math.log(r)))
@@ -415,8 +422,8 @@ def _forecast(points: list[tuple[int, float]]) -> int | None:
     return int(round(mean_s - mean_y / slope))
 
 
-def detect_phases(table: dict[str, list]) -> tuple[Detection, list[str]]:
-    """Replay ``PhaseDetector`` over a table with trainonly_* columns: (final detection, phase per row).
+def detect_phases(table: dict[str, list], p: int) -> tuple[Detection, list[str]]:
+    """Replay ``PhaseDetector(p)`` over a table with trainonly_* columns: (final detection, phase per row).
 
     Rows are taken in step order; rows with a NaN measure leave the state as it was.
     """
@@ -425,7 +432,7 @@ def detect_phases(table: dict[str, list]) -> tuple[Detection, list[str]]:
     if missing:
         raise GrokscopeError(f"columns {sorted(table)}", expected=f"also {missing}", where="detect_phases")
     order = sorted(range(len(table["step"])), key=lambda i: table["step"][i])
-    detector, phases = PhaseDetector(), [""] * len(order)
+    detector, phases = PhaseDetector(p), [""] * len(order)
     for i in order:
         values = [float(table[name][i]) for name in needed]
         if not any(math.isnan(v) for v in values):
@@ -470,7 +477,7 @@ class TrainOnlyMonitor:
         self.task, self.rule = task, rule
         self.train_indices = None if train_indices is None else torch.as_tensor(train_indices).long()
         self.basis = fourier_basis(task.p)
-        self.detector = PhaseDetector()
+        self.detector = PhaseDetector(task.p)
         self.seconds = 0.0
         self.calls = 0
 

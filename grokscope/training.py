@@ -427,7 +427,7 @@ def summarize(run) -> dict[str, Any]:
     final = {column: values[-1] for column, values in log.items()} if log["step"] else {}
     detection = None
     if log["step"] and "trainonly_restricted_loss" in log:
-        detection = detect_phases(log)[0]
+        detection = detect_phases(log, run.task.p)[0]
     return {
         "train_99_step": train_99,
         "test_99_step": test_99,

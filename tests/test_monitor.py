@@ -96,7 +96,7 @@ def test_bad_input_names_what_was_wrong():
     with pytest.raises(GrokscopeError, match="'embed.W_E'"):
         train_free_key_frequencies({"x": torch.zeros(2)}, task)
     with pytest.raises(GrokscopeError, match="detect_phases: found columns.*trainonly_restricted_loss"):
-        detect_phases({"step": [0], "trainonly_train_acc": [1.0], "trainonly_train_loss": [1.0]})
+        detect_phases({"step": [0], "trainonly_train_acc": [1.0], "trainonly_train_loss": [1.0]}, 23)
 
 
 def test_other_operations_get_nan_with_a_note():
@@ -112,7 +112,7 @@ def _rows(ratios, train_loss=1e-3, first_step=0, every=10):
 
 
 def _feed(rows):
-    detector = PhaseDetector()
+    detector = PhaseDetector(p=59)
     phases = [detector.update(s, train_acc=acc, train_loss=tl, restricted_loss=rl).phase for s, acc, tl, rl in rows]
     return detector.detection, phases
 
@@ -127,6 +127,13 @@ def test_detector_stays_quiet_while_memorising_or_while_the_ratio_only_grows():
     # Noise below the factor FALL = 2 is no alarm either.
     noisy, _ = _feed(_rows([100, 60, 100, 55, 100, 51]))
     assert noisy.circuit_step is None
+    # Too little data: weight decay raises the train loss after memorisation, so r halves, but the key
+    # frequencies explain nothing (restricted loss near chance, ln 59 = 4.08): no alarm.
+    bump = [(0, 1.0, 4e-3, 4.0), (10, 1.0, 1e-2, 3.9), (20, 1.0, 2e-2, 3.8)]
+    at_chance, _ = _feed(bump)
+    assert at_chance.peak_step == 0 and at_chance.ratio < at_chance.peak_ratio / 2 and at_chance.circuit_step is None
+    # The same fall with a restricted loss below ln(59) / 2 is an alarm.
+    assert _feed([(s, a, t, r / 4) for s, a, t, r in bump])[0].circuit_step == 10
 
 
 def test_detector_moves_through_the_phases_and_forecasts_an_exponential_decay():
@@ -145,7 +152,7 @@ def test_detector_moves_through_the_phases_and_forecasts_an_exponential_decay():
     # Replaying the same rows as a table gives the same conclusion (it is the same causal rule).
     table = {"step": steps, "trainonly_train_acc": [r[1] for r in rows], "trainonly_train_loss": [r[2] for r in rows],
              "trainonly_restricted_loss": [r[3] for r in rows]}
-    assert detect_phases(table) == (detection, phases)
+    assert detect_phases(table, 59) == (detection, phases)
 
 
 def test_monitor_columns_and_replay_match_the_live_detector():
@@ -213,7 +220,7 @@ def test_live_detector_fires_before_test_accuracy_moves_on_the_fast_preset(fast_
     # Seed 0 of the fast preset (docs/monitor.md): the alarm comes before test accuracy reaches 50%
     # (about step 210), and the run ends generalised by the train-only rule too.
     log = native.read(fast_run_dir).log
-    detection, phases = detect_phases(log)
+    detection, phases = detect_phases(log, 59)
     assert phases == log[PHASE_COLUMN]                      # the live column is the causal replay
     test50 = next(s for s, a in zip(log["step"], log["test_acc"]) if a >= 0.5)
     test99 = next(s for s, a in zip(log["step"], log["test_acc"]) if a >= 0.99)
