@@ -108,7 +108,15 @@ def score_run(path: Path) -> dict:
             "cleanup_forecast": detection.cleanup_forecast_step,
             "test50": first_step(log["step"], log["test_acc"], 0.5),
             "test99": first_step(log["step"], log["test_acc"], 0.99),
-            "final_test_acc": log["test_acc"][-1]}
+            "final_test_acc": log["test_acc"][-1],
+            "acc_at_alarm": _at(log, "test_acc", detection.circuit_step)}
+
+
+def _at(log: dict[str, list], column: str, step: int | None) -> float | None:
+    """``column`` at the last logged step at or before ``step``."""
+    if step is None:
+        return None
+    return next(v for s, v in zip(reversed(log["step"]), reversed(log[column])) if s <= step)
 
 
 def _cell(value) -> str:
@@ -118,7 +126,8 @@ def _cell(value) -> str:
 def markdown(scores: list[dict]) -> str:
     """The lead-time table: one row per run, then the counts the goal asks for."""
     head = ("| run | rows | memorised | circuit since | alarm | cleanup | generalised | first forecast (made at) "
-            "| forecast at cleanup | test 50% | test 99% | alarm lead on 50% | alarm lead on 99% | final test acc |")
+            "| forecast at cleanup | test 50% | test 99% | test acc at alarm | alarm lead on 50% | alarm lead on 99% "
+            "| final test acc |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in scores:
         leads = [s[t] - s["alarm"] if s["alarm"] is not None and s[t] is not None else None
@@ -126,7 +135,8 @@ def markdown(scores: list[dict]) -> str:
         lines.append("| " + " | ".join(_cell(s[k]) for k in ("run", "rows", "memorised", "since", "alarm", "cleanup",
                                                                "generalised", "forecast", "cleanup_forecast",
                                                                "test50", "test99"))
-                     + f" | {_cell(leads[0])} | {_cell(leads[1])} | {_cell(s['final_test_acc'])} |")
+                     + f" | {_cell(s['acc_at_alarm'])} | {_cell(leads[0])} | {_cell(leads[1])} "
+                       f"| {_cell(s['final_test_acc'])} |")
     return "\n".join(lines)
 
 
