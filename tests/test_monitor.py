@@ -1,6 +1,8 @@
 """Train-only measures and the phase detector (grokscope.monitor) against analytic ground truth."""
 
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +230,17 @@ def test_live_detector_fires_before_test_accuracy_moves_on_the_fast_preset(fast_
     assert detection.phase == "generalised" and detection.generalised_step <= test99
     # The forecast made at cleanup lands within a quarter of the test-99% step (measured: 6% off).
     assert detection.cleanup_forecast_step == pytest.approx(test99, rel=0.25)
+
+
+def test_resuming_a_run_logged_before_the_monitor_pads_its_rows():
+    from grokscope.training import _with_monitor_columns
+
+    old = {"step": [0, 10], "train_loss": [4.1, 1.0], "test_loss": [4.2, 3.3], "train_acc": [0.0, 1.0],
+           "test_acc": [0.5, 0.5]}
+    log = _with_monitor_columns({k: list(v) for k, v in old.items()})
+    assert all(len(log[c]) == 2 for c in LOG_MONITOR_COLUMNS) and log[PHASE_COLUMN] == ["", ""]
+    monitor = TrainOnlyMonitor(Task(p=23), None)
+    monitor.replay(log)                                   # NaN rows leave the detector untouched
+    assert monitor.detection == PhaseDetector(23).detection
+    back = ck.read_log(ck.atomic_write(Path(tempfile.mkdtemp()) / ck.LOG_CSV, ck.log_to_csv(log)))
+    assert back["step"] == [0, 10] and back[PHASE_COLUMN] == ["", ""]
