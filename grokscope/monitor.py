@@ -61,7 +61,8 @@ KEY_RULES = ("C", "B")
 """Train-free key-frequency rules: C (W_E norms of a's tokens), B (W_L = W_out W_U norms)."""
 
 MAX_KEY_FREQS = 5
-"""At most this many train-free key frequencies ([N23]'s p = 113 model has 5; a p = 59 run ends with 4 to 6)."""
+"""At most this many train-free key frequencies ([N23]'s p = 113 model has 5, as does the end of the
+``fast`` preset's seed-0 run above max / 4)."""
 
 _BUFFER_ENDINGS = ("attn.mask", "attn.IGNORE", "rotary_sin", "rotary_cos")
 
@@ -116,7 +117,7 @@ def _pick(params: dict[str, Tensor], name: str) -> Tensor:
     if name not in params:
         raise GrokscopeError(f"parameters {sorted(params)[:6]}...", expected=f"a HookedTransformer state dict "
                              f"with {name!r}", where="train-only measures")
-    return params[name].detach()
+    return params[name].detach().cpu()  # the measures run on the CPU whatever device trains
 
 
 def _last_mlp_out(params: dict[str, Tensor]) -> Tensor:
@@ -180,7 +181,7 @@ def weight_norm_measures(weights: HookedTransformer | dict[str, Tensor], task: T
     params = _parameters(weights)
     spectra = weight_spectra(params, task, basis)
     nonconst = basis.nonconstant_rows()
-    return {"sum_sq_weights": sum(float(v.detach().double().square().sum()) for v in params.values()),
+    return {"sum_sq_weights": sum(float(v.detach().double().square().sum().cpu()) for v in params.values()),
             "gini_W_E": gini(spectra["W_E"][nonconst]), "gini_W_L": gini(spectra["W_L"][nonconst])}
 
 
@@ -240,11 +241,11 @@ def train_only_measures(weights: HookedTransformer | dict[str, Tensor], task: Ta
             raise GrokscopeError("a state dict without train_logits", expected="a HookedTransformer, or the "
                                  "train logits with the state dict", where="train_only_measures")
         with torch.no_grad():
-            train_logits = final_logits(weights, task.tokens()[rows])
+            train_logits = final_logits(weights, task.tokens()[rows].to(weights.W_E.device))
     if train_logits.ndim != 2 or train_logits.shape[0] != rows.numel() or train_logits.shape[1] < task.p:
         raise GrokscopeError(f"train logits of shape {tuple(train_logits.shape)}", where="train_only_measures",
                              expected=f"({rows.numel()}, >= {task.p}): one row per train row")
-    L = train_logits.detach()[:, :task.p].double()
+    L = train_logits.detach()[:, :task.p].double().cpu()
     labels = task.labels()[rows]
     with torch.no_grad():
         m = TrainOnlyMeasures(rule=rule, rows="train" if rows_known else "all", n_rows=int(rows.numel()),
