@@ -42,6 +42,7 @@ from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fouri
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.monitor import Detection, detect_phases, train_only_measures
+from grokscope.pathways import pathway_measures
 from grokscope.phases import Phases, find_phases
 from grokscope.progress import Progress
 from grokscope.tasks import Task
@@ -156,13 +157,15 @@ def _format(value: Any) -> str:
 
 def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequencies | list[int] | None,
                        train_indices: Int[Tensor, "n_train"] | None = None, *, rule: str = "A",
-                       basis: FourierBasis | None = None) -> tuple[dict[str, float], list[str], KeyFrequencies | None]:
+                       basis: FourierBasis | None = None, pathways: bool = False
+                       ) -> tuple[dict[str, float], list[str], KeyFrequencies | None]:
     """One checkpoint's table row, its notes, and (when ``key_freqs`` is None) its own key frequencies.
 
     One forward pass feeds everything; with ``key_freqs=None`` the same pass also yields the MLP
     activations from which ``rule`` (default "A") picks this checkpoint's key frequencies. The row
     also holds the train-only measures (``monitor.train_only_measures``: their own key frequencies
-    from the weights, losses on the train rows, every row when the split is unknown).
+    from the weights, losses on the train rows, every row when the split is unknown), and with
+    ``pathways`` the experimental ``pathways.pathway_measures`` (one more forward pass, train rows).
     """
     basis = fourier_basis(task.p) if basis is None else basis
     own = None
@@ -178,7 +181,10 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
         train_only = train_only_measures(model, task, rows, basis=basis,
                                          train_logits=logits if rows is None else logits[rows])
     notes = measures.notes + [note for note in train_only.notes if "split unknown" not in note]  # analyze says it once
-    return {**measures.as_row(), **train_only.as_row()}, notes, own
+    row = {**measures.as_row(), **train_only.as_row()}
+    if pathways:
+        row.update(pathway_measures(model, task, rows))
+    return row, notes, own
 
 
 def _key_frequencies_or_none(model, task, rule, post, basis) -> KeyFrequencies:
@@ -220,7 +226,7 @@ def _auto_classifier() -> Callable | None:
 def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompute_key_freqs: bool = False,
             rule: str = "A", progress: bool = False, classify: Callable | str | None = "auto",
             inspect_final: dict[str, Callable] | None = None, views: bool = True,
-            workers: int = 1) -> AnalysisResult:
+            workers: int = 1, pathways: bool = False) -> AnalysisResult:
     """Progress measures at every checkpoint of ``run``, key frequencies, phases and notes.
 
     Args:
@@ -238,6 +244,8 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
             clusters, circles, correct-logit map) in ``final_extras["views"]`` for ``figures()``.
         workers: processes measuring checkpoints in parallel (each holds one model at a time; rows
             come back in checkpoint order). 1 measures in this process.
+        pathways: also compute the experimental pathway measures per checkpoint (``grokscope.pathways``:
+            columns pathway_distance, label_consistency, active_fraction), drawn by the train-only figure.
     """
     if not isinstance(workers, int) or workers < 1:
         raise GrokscopeError(f"workers = {workers!r}", expected="a whole number >= 1", where="analyze")
@@ -286,7 +294,7 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
     fixed = None if recompute_key_freqs else chosen
     with Progress(len(run.steps), desc=f"analyze p={task.p}", enabled=progress) as bar:
         for count, (step, row, row_notes, own) in enumerate(
-                _measured_checkpoints(run, fixed, rule, basis, workers), start=1):
+                _measured_checkpoints(run, fixed, rule, basis, workers, pathways), start=1):
             rows.append((step, row))
             if own is not None:
                 by_step[int(step)] = list(own.freqs)
@@ -314,7 +322,7 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
                           key_freqs_by_step=by_step, final_extras=extras, train_only=detection)
 
 
-def _measured_checkpoints(run, key_freqs, rule, basis, workers):
+def _measured_checkpoints(run, key_freqs, rule, basis, workers, pathways=False):
     """Yield (step, row, notes, own key frequencies) per readable checkpoint, in order.
 
     Unreadable checkpoints are recorded in ``run.skipped``. With ``workers > 1`` forked processes
@@ -322,10 +330,11 @@ def _measured_checkpoints(run, key_freqs, rule, basis, workers):
     """
     if workers == 1 or len(run.steps) < 2:
         for step, model in run.iter_models():
-            yield (step, *measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis))
+            yield (step, *measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis,
+                                             pathways=pathways))
         return
     global _WORKER_JOB
-    _WORKER_JOB = (run, key_freqs, rule, basis)
+    _WORKER_JOB = (run, key_freqs, rule, basis, pathways)
     context = multiprocessing.get_context("fork")
     try:
         with context.Pool(min(workers, len(run.steps)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
@@ -339,16 +348,17 @@ def _measured_checkpoints(run, key_freqs, rule, basis, workers):
 
 
 _WORKER_JOB = None
-"""(run, key_freqs, rule, basis) inherited by forked workers."""
+"""(run, key_freqs, rule, basis, pathways) inherited by forked workers."""
 
 
 def _measure_in_worker(index: int):
-    run, key_freqs, rule, basis = _WORKER_JOB
+    run, key_freqs, rule, basis, pathways = _WORKER_JOB
     try:
         model = run.model(index)
     except GrokscopeError as error:
         return run.steps[index], None, skip_entry(run.checkpoint_path(index), error)
-    own_row = measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis)
+    own_row = measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis,
+                                 pathways=pathways)
     return run.steps[index], own_row, None
 
 

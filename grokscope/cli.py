@@ -1,7 +1,7 @@
 """The ``grokscope`` command line: a thin layer over the library.
 
     grokscope train --out DIR [--preset NAME] [options]
-    grokscope analyze PATH [--out DIR] [--workers N] [--json] [--trust-pickle]
+    grokscope analyze PATH [--out DIR] [--workers N] [--json] [--trust-pickle] [--pathways]
     grokscope classify MODEL [--json]
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its arguments and sets
@@ -107,6 +107,8 @@ def _add_analyze(subparsers) -> None:
                         help="processes measuring checkpoints in parallel (default 1)")
     parser.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the table")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument("--pathways", action="store_true",
+                        help="also measure the experimental pathway columns per checkpoint (docs/monitor.md)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow pickles that need more than plain tensors (they can run code: only "
                              "for files you trust)")
@@ -120,7 +122,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from grokscope.outputs import analyze_path, format_table
 
     summary, out_dir = analyze_path(args.path, args.out, workers=args.workers, trust_pickle=args.trust_pickle,
-                                    progress=not args.quiet, report=not args.no_report)
+                                    progress=not args.quiet, report=not args.no_report, pathways=args.pathways)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

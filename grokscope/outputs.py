@@ -136,13 +136,13 @@ def default_out_dir(path: str | os.PathLike) -> Path:
 
 
 def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, *, workers: int = 1,
-                 trust_pickle: bool = False, progress: bool = False, report: bool = True
-                 ) -> tuple[dict[str, Any], Path]:
+                 trust_pickle: bool = False, progress: bool = False, report: bool = True,
+                 pathways: bool = False) -> tuple[dict[str, Any], Path]:
     """Analyse whatever is at ``path`` and write measures.csv, summary.json and report.html into ``out``.
 
     ``path`` is a run in any layout, one checkpoint file, or a folder of independent models or runs
     (then ``measures.csv`` has one row per model and ``summary.json`` a ``models`` list). Returns the
-    summary and the output folder. Unreadable checkpoints are skipped and listed in the summary;
+    summary and the output folder. ``pathways`` adds the experimental pathway columns (``analyze``). Unreadable checkpoints are skipped and listed in the summary;
     input that cannot be analysed at all raises GrokscopeError.
     """
     from grokscope import plots
@@ -153,12 +153,12 @@ def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, 
     skipped: list[dict] = []
     loaded = load(path, trust_pickle=trust_pickle, skipped=skipped)
     if isinstance(loaded, list):
-        results = [analyze(run, progress=progress, workers=workers) for run in loaded]
+        results = [analyze(run, progress=progress, workers=workers, pathways=pathways) for run in loaded]
         summary = collection_summary(results, str(path), detect(path), skipped)
         table_text = collection_csv(summary["models"])
         figures = [("Models", plots.model_comparison(summary["models"]))]
     else:
-        result = analyze(loaded, progress=progress, workers=workers)
+        result = analyze(loaded, progress=progress, workers=workers, pathways=pathways)
         summary = summary_dict(result)
         summary["skipped"] = skipped + summary["skipped"]
         table_text = measures_csv(result.table)

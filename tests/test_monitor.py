@@ -244,3 +244,21 @@ def test_resuming_a_run_logged_before_the_monitor_pads_its_rows():
     assert monitor.detection == PhaseDetector(23).detection
     back = ck.read_log(ck.atomic_write(Path(tempfile.mkdtemp()) / ck.LOG_CSV, ck.log_to_csv(log)))
     assert back["step"] == [0, 10] and back[PHASE_COLUMN] == ["", ""]
+
+
+def test_analyze_adds_pathway_columns_and_the_train_only_figure_on_request():
+    from grokscope.pathways import pathway_measures
+
+    task = Task(p=23)
+    models = [random_model(task, seed=s) for s in (0, 1)]
+    states = [parameter_state_dict(m) for m in models]
+    rows = task.split(0.5, seed=0)
+    run = Run(task, models[0].cfg, [0, 10], lambda i: states[i], "random", "memory", train_indices=rows)
+    result = analyze(run, classify=None, views=False, pathways=True)
+    expected = pathway_measures(models[1], task, rows)
+    for name, value in expected.items():
+        assert result.table[name][1] == pytest.approx(value, rel=1e-12), name
+    titles = [title for title, _ in result.figures()]
+    assert "Train-only measures" in titles
+    figure = dict(result.figures())["Train-only measures"]
+    assert {"pathway distance", "excluded loss (train-only)"} <= {trace.name for trace in figure.data}
