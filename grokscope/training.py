@@ -251,7 +251,11 @@ class GrokfastEMA:
 
 def run_metadata(config: TrainConfig, finished: bool = False, wall_time_s: float | None = None,
                  monitor_s: float | None = None) -> dict:
-    """The content of run.json for ``config`` (``monitor_s``: seconds spent in the train-only monitor)."""
+    """The content of run.json for ``config``.
+
+    ``monitor_s``: seconds spent in the train-only monitor since the run last started (a resumed run
+    counts only its last session, while ``wall_time_s`` covers every session).
+    """
     cfg = config.model_config()
     return {
         "format": ck.FORMAT_NAME,
