@@ -109,7 +109,8 @@ def score_run(path: Path) -> dict:
             "test50": first_step(log["step"], log["test_acc"], 0.5),
             "test99": first_step(log["step"], log["test_acc"], 0.99),
             "final_test_acc": log["test_acc"][-1],
-            "acc_at_alarm": _at(log, "test_acc", detection.circuit_step)}
+            "acc_at_alarm": _at(log, "test_acc", detection.circuit_step),
+            "acc_at_memorised": _at(log, "test_acc", detection.memorised_step)}
 
 
 def _at(log: dict[str, list], column: str, step: int | None) -> float | None:
@@ -175,6 +176,22 @@ def pathway_table(name: str) -> str:
     return "\n".join(lines)
 
 
+def summary_lines(scores: list[dict]) -> str:
+    """The figures docs/monitor.md quotes: leads, forecast errors, test accuracy at memorisation."""
+    lead99 = [s["test99"] - s["alarm"] for s in scores]
+    ratios = [s["cleanup_forecast"] / s["test99"] for s in scores if s["cleanup_forecast"] is not None]
+    before = [s["test99"] - s["generalised"] for s in scores if s["generalised"] is not None]
+    at_mem = [s["acc_at_memorised"] for s in scores]
+    return "\n".join([
+        f"- alarm lead on test 99%: {min(lead99)} to {max(lead99)} steps",
+        f"- forecast at cleanup / test-99% step: {min(ratios):.2f} to {max(ratios):.2f}; within 15%: "
+        f"{sum(abs(r - 1) <= 0.15 for r in ratios)} of {len(ratios)}",
+        f"- test-99% step minus generalised step: {sorted(before)}",
+        f"- test accuracy when memorised: {min(at_mem):.3f} to {max(at_mem):.3f}",
+        f"- test accuracy at the alarm: {min(s['acc_at_alarm'] for s in scores):.3f} to "
+        f"{max(s['acc_at_alarm'] for s in scores):.3f}"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("train", "table", "pathways"))
@@ -209,6 +226,9 @@ def main(argv=None) -> int:
         fired = sum(1 for s in scores if s["alarm"] is not None)
         print(f"\n### {title} ({len(scores)} runs; alarm before test 50%: {early}; alarm at all: {fired})\n")
         print(markdown(scores))
+        grokked = [s for s in scores if s["test99"] is not None and s["alarm"] is not None]
+        if grokked:
+            print("\n" + summary_lines(grokked))
     return 0
 
 
