@@ -428,7 +428,8 @@ def summarize(run) -> dict[str, Any]:
     """Headline figures of a native run: epochs of train and test accuracy >= 99%, their ratio, finals."""
     log = run.log or {column: [] for column in ck.LOG_COLUMNS}
     train_99, test_99 = first_step_at(log, "train_acc"), first_step_at(log, "test_acc")
-    final = {column: values[-1] for column, values in log.items()} if log["step"] else {}
+    # The final row of the five classic columns; the train-only ones are summarised by "train_only".
+    final = {column: log[column][-1] for column in ck.LOG_COLUMNS} if log["step"] else {}
     detection = None
     if log["step"] and "trainonly_restricted_loss" in log:
         detection = detect_phases(log, run.task.p)[0]
