@@ -42,6 +42,8 @@ from grokscope.fourier import FourierBasis, KeyFrequencies, as_freq_list, key_fr
 from grokscope.limits import check_checkpoint_count
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
+from grokscope.monitor import Detection, detect_phases, train_only_measures
+from grokscope.pathways import pathway_measures
 from grokscope.phases import Phases, find_phases, unavailable
 from grokscope.progress import progress_bar
 from grokscope.tasks import Task
@@ -69,6 +71,9 @@ class AnalysisResult:
         classification: what ``classify`` returned for the final checkpoint (None without it).
         key_freqs_by_step: with ``recompute_key_freqs``, step -> that checkpoint's frequencies.
         final_extras: what each ``inspect_final`` callable returned for the final checkpoint.
+        train_only: the train-only detector replayed over the trainonly_* columns
+            (``monitor.detect_phases``); the only phases available when the split is unknown.
+            None for a single checkpoint (the detector needs a sequence).
     """
 
     run_info: dict[str, Any]
@@ -81,6 +86,7 @@ class AnalysisResult:
     classification: Any = None
     key_freqs_by_step: dict[int, list[int]] | None = None
     final_extras: dict[str, Any] = field(default_factory=dict)
+    train_only: Detection | None = None
 
     @property
     def steps(self) -> list[int]:
@@ -155,11 +161,15 @@ def _format(value: Any) -> str:
 
 def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequencies | list[int] | None,
                        train_indices: Int[Tensor, "n_train"] | None = None, *, rule: str = "A",
-                       basis: FourierBasis | None = None) -> tuple[dict[str, float], list[str], KeyFrequencies | None]:
+                       basis: FourierBasis | None = None, pathways: bool = False
+                       ) -> tuple[dict[str, float], list[str], KeyFrequencies | None]:
     """One checkpoint's table row, its notes, and (when ``key_freqs`` is None) its own key frequencies.
 
     One forward pass feeds everything; with ``key_freqs=None`` the same pass also yields the MLP
-    activations from which ``rule`` (default "A") picks this checkpoint's key frequencies.
+    activations from which ``rule`` (default "A") picks this checkpoint's key frequencies. The row
+    also holds the train-only measures (``monitor.train_only_measures``: their own key frequencies
+    from the weights, losses on the train rows, every row when the split is unknown), and with
+    ``pathways`` the experimental ``pathways.pathway_measures`` (one more forward pass, train rows).
     """
     basis = _basis_or_none(task) if basis is None else basis
     own = None
@@ -171,7 +181,14 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
         else:
             logits = final_logits(model, task.tokens())
         measures = progress_measures(model, task, key_freqs, train_indices, logits=logits, basis=basis)
-    return measures.as_row(), measures.notes, own
+        rows = None if train_indices is None else torch.as_tensor(train_indices).long()
+        train_only = train_only_measures(model, task, rows, basis=basis,
+                                         train_logits=logits if rows is None else logits[rows])
+    notes = measures.notes + [note for note in train_only.notes if "split unknown" not in note]  # analyze says it once
+    row = {**measures.as_row(), **train_only.as_row()}
+    if pathways:
+        row.update(pathway_measures(model, task, rows))
+    return row, notes, own
 
 
 def _basis_or_none(task: Task) -> FourierBasis | None:
@@ -220,7 +237,7 @@ def _auto_classifier() -> Callable | None:
 def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompute_key_freqs: bool = False,
             rule: str = "A", progress: bool = False, classify: Callable | str | None = "auto",
             inspect_final: dict[str, Callable] | None = None, views: bool = True,
-            workers: int = 1) -> AnalysisResult:
+            workers: int = 1, pathways: bool = False) -> AnalysisResult:
     """Progress measures at every checkpoint of ``run``, key frequencies, phases and notes.
 
     Args:
@@ -238,6 +255,8 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
             clusters, circles, correct-logit map) in ``final_extras["views"]`` for ``figures()``.
         workers: processes measuring checkpoints in parallel (each holds one model at a time; rows
             come back in checkpoint order). 1 measures in this process.
+        pathways: also compute the experimental pathway measures per checkpoint (``grokscope.pathways``:
+            columns pathway_distance, label_consistency, active_fraction), drawn by the train-only figure.
 
     Raises:
         GrokscopeError: no checkpoint of the run is readable (an empty analysis means nothing), or
@@ -290,7 +309,7 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
     rows, by_step, seen_notes = [], {} if recompute_key_freqs else None, set()
     fixed = None if recompute_key_freqs else chosen
     with progress_bar(len(run.steps), desc=f"analyze p={task.p}", enabled=progress, unit="ckpt") as bar:
-        for step, row, row_notes, own in _measured_checkpoints(run, fixed, rule, basis, workers):
+        for step, row, row_notes, own in _measured_checkpoints(run, fixed, rule, basis, workers, pathways):
             rows.append((step, row))
             if own is not None:
                 by_step[int(step)] = list(own.freqs)
@@ -305,18 +324,21 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
         chosen = KeyFrequencies(freqs=by_step[table["step"][-1]], rule=rule, threshold=chosen.threshold,
                                 detail={"recomputed_per_checkpoint": True})
     if run.train_indices is None:
-        notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows")
+        notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows; "
+                     "the trainonly_* columns count every grid row as a train row")
     if not table["step"]:  # the final checkpoint was readable once but not when streamed
         raise _nothing_readable(run, run.skipped)
     phases = find_phases(table) if len(table["step"]) > 1 else phases_without_history(run, table["step"][-1])
     notes.extend(note for note in phases.notes if note.startswith("phases "))
+    # One checkpoint is a snapshot: the detector needs a sequence to see r rise and fall.
+    detection = detect_phases(table, task.p)[0] if "trainonly_restricted_loss" in table and len(table["step"]) > 1 else None
     skipped = _unique(run.skipped)
     info = {"source": run.source, "format": run.format, "task": task.to_dict(), "n_ctx": task.n_ctx,
             "alpha": float(run.alpha), "n_checkpoints": len(table["step"]),
-            "n_checkpoints_listed": len(run.steps)}
+            "n_checkpoints_listed": len(run.steps), "split_known": run.train_indices is not None}
     return AnalysisResult(run_info=info, task=task, key_freqs=chosen, table=table, phases=phases,
                           skipped=skipped, notes=notes, classification=classification,
-                          key_freqs_by_step=by_step, final_extras=extras)
+                          key_freqs_by_step=by_step, final_extras=extras, train_only=detection)
 
 
 def _nothing_readable(run, errors: list[dict[str, str]]) -> GrokscopeError:
@@ -350,7 +372,7 @@ def phases_without_history(run, step: int) -> Phases:
     return phases
 
 
-def _measured_checkpoints(run, key_freqs, rule, basis, workers):
+def _measured_checkpoints(run, key_freqs, rule, basis, workers, pathways=False):
     """Yield (step, row, notes, own key frequencies) per readable checkpoint, in order.
 
     Unreadable checkpoints are recorded in ``run.skipped``. With ``workers > 1`` forked processes
@@ -358,10 +380,11 @@ def _measured_checkpoints(run, key_freqs, rule, basis, workers):
     """
     if workers == 1 or len(run.steps) < 2:
         for step, model in run.iter_models():
-            yield (step, *measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis))
+            yield (step, *measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis,
+                                             pathways=pathways))
         return
     global _WORKER_JOB
-    _WORKER_JOB = (run, key_freqs, rule, basis)
+    _WORKER_JOB = (run, key_freqs, rule, basis, pathways)
     context = multiprocessing.get_context("fork")
     try:
         with context.Pool(min(workers, len(run.steps)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
@@ -375,16 +398,17 @@ def _measured_checkpoints(run, key_freqs, rule, basis, workers):
 
 
 _WORKER_JOB = None
-"""(run, key_freqs, rule, basis) inherited by forked workers."""
+"""(run, key_freqs, rule, basis, pathways) inherited by forked workers."""
 
 
 def _measure_in_worker(index: int):
-    run, key_freqs, rule, basis = _WORKER_JOB
+    run, key_freqs, rule, basis, pathways = _WORKER_JOB
     try:
         model = run.model(index)
     except GrokscopeError as error:
         return run.steps[index], None, skip_entry(run.checkpoint_path(index), error)
-    own_row = measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis)
+    own_row = measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis,
+                                 pathways=pathways)
     return run.steps[index], own_row, None
 
 

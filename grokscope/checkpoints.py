@@ -5,7 +5,7 @@ Layout (DESIGN.md, "Native run format")::
     DIR/run.json                                  configuration, seeds, schedule, status
     DIR/split.safetensors                         ``train_indices`` into the lexicographic grid
     DIR/checkpoints/step_XXXXXXX.safetensors      HookedTransformer parameters (no buffers)
-    DIR/log.csv                                   step,train_loss,test_loss,train_acc,test_acc
+    DIR/log.csv                                   step,train_loss,test_loss,train_acc,test_acc[,trainonly_*]
     DIR/resume.safetensors                        optimiser state of the newest checkpoint (while training)
     DIR/.grokscope.lock                           while training: the trainer's lock (``run_lock``), its pid
 
@@ -264,17 +264,34 @@ def checkpoint_steps(epochs: int, every: int, per_decade: int = 10) -> list[int]
 # ----- the training log ---------------------------------------------------------------------------
 
 def log_to_csv(log: dict[str, list]) -> str:
-    """The text of log.csv for a log held as columns (full float precision)."""
+    """The text of log.csv for a log held as columns (full float precision).
+
+    ``LOG_COLUMNS`` come first; any further columns (the train-only measures of ``grokscope.monitor``)
+    follow in the log's order, numbers at full precision and text (the phase) as it is.
+    """
+    extra = [column for column in log if column not in LOG_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(LOG_COLUMNS)
-    for row in zip(*(log[column] for column in LOG_COLUMNS)):
-        writer.writerow([int(row[0]), *(repr(float(x)) for x in row[1:])])
+    writer.writerow([*LOG_COLUMNS, *extra])
+    for row in zip(*(log[column] for column in (*LOG_COLUMNS, *extra))):
+        writer.writerow([int(row[0]), *(repr(float(x)) for x in row[1:len(LOG_COLUMNS)]),
+                         *(x if isinstance(x, str) else repr(float(x)) for x in row[len(LOG_COLUMNS):])])
     return buffer.getvalue()
 
 
+def _extra_value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def read_log(path: str | os.PathLike) -> dict[str, list]:
-    """Read log.csv as columns: ``{"step": [int], "train_loss": [float], ...}``."""
+    """Read log.csv as columns: ``{"step": [int], "train_loss": [float], ...}``.
+
+    The header starts with ``LOG_COLUMNS``; columns after them (written by newer versions) are read as
+    numbers where they parse and as text otherwise, so logs with and without them both load.
+    """
     path = Path(path)
     try:
         with open(path, newline="") as handle:
@@ -282,19 +299,21 @@ def read_log(path: str | os.PathLike) -> dict[str, list]:
     except OSError as error:
         raise GrokscopeError(f"an unreadable log ({error.strerror})", expected="a CSV file",
                              where=str(path)) from None
-    if not rows or tuple(rows[0]) != LOG_COLUMNS:
-        raise GrokscopeError(f"header {rows[0] if rows else 'none'}", expected=f"{','.join(LOG_COLUMNS)}",
-                             where=str(path))
-    log: dict[str, list] = {column: [] for column in LOG_COLUMNS}
+    n = len(LOG_COLUMNS)
+    if not rows or tuple(rows[0][:n]) != LOG_COLUMNS or len(set(rows[0])) != len(rows[0]):
+        raise GrokscopeError(f"header {rows[0] if rows else 'none'}",
+                             expected=f"{','.join(LOG_COLUMNS)} (then any other distinct columns)", where=str(path))
+    header = rows[0]
+    log: dict[str, list] = {column: [] for column in header}
     for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise GrokscopeError(f"line {line} = {row}", expected=f"{len(header)} columns", where=str(path))
         try:
-            values = [int(row[0]), *(float(x) for x in row[1:])]
-        except (ValueError, IndexError):
+            values = [int(row[0]), *(float(x) for x in row[1:n]), *(_extra_value(x) for x in row[n:])]
+        except ValueError:
             raise GrokscopeError(f"line {line} = {row}", expected="a step and four numbers",
                                  where=str(path)) from None
-        if len(values) != len(LOG_COLUMNS):
-            raise GrokscopeError(f"line {line} = {row}", expected="five columns", where=str(path))
-        for column, value in zip(LOG_COLUMNS, values):
+        for column, value in zip(header, values):
             log[column].append(value)
     return log
 

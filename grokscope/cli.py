@@ -1,7 +1,7 @@
 """The ``grokscope`` command line: a thin layer over the library.
 
     grokscope train --out DIR [--preset NAME] [options]
-    grokscope analyze PATH [--out DIR] [--workers N] [--json] [--trust-pickle] [--population] [--axes A B]
+    grokscope analyze PATH [--out DIR] [--workers N] [--json] [--trust-pickle] [--pathways] [--population] [--axes A B]
     grokscope classify MODEL [--json]
     grokscope sweep [SPEC] --out DIR [--grid FIELD=V1,V2] [--seeds N] [--device D] [--engine local|ray]
 
@@ -162,6 +162,13 @@ def format_summary(out: str, config, summary: dict) -> str:
                      f"{final['test_acc']:.4f}, train loss {final['train_loss']:.3g}, "
                      f"test loss {final['test_loss']:.3g}")
     lines.append(f"  {summary['checkpoints']} checkpoints")
+    detection, monitor_s = summary.get("train_only"), summary.get("monitor_s")
+    if detection is not None:
+        from grokscope.monitor import describe_detection
+
+        lines.append(f"  train-only monitor: {describe_detection(detection)}")
+    if monitor_s is not None and wall:
+        lines.append(f"  train-only monitor cost: {monitor_s:.2f} s ({monitor_s / wall:.1%} of training)")
     return "\n".join(lines)
 
 
@@ -178,6 +185,8 @@ def _add_analyze(subparsers) -> None:
                         help="processes measuring checkpoints in parallel (default 1)")
     parser.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the table")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument("--pathways", action="store_true",
+                        help="also measure the experimental pathway columns per checkpoint (docs/monitor.md)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow pickles that need more than plain tensors (they can run code: only "
                              "for files you trust)")
@@ -214,7 +223,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
         raise GrokscopeError(f"--axes for {args.path}", expected="a sweep folder, or --population for a folder "
                              "of runs", where="grokscope analyze")
     summary, out_dir = analyze_path(args.path, args.out, workers=args.workers, trust_pickle=args.trust_pickle,
-                                    progress=not args.quiet, report=not args.no_report)
+                                    progress=not args.quiet, report=not args.no_report, pathways=args.pathways)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

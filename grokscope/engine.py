@@ -294,18 +294,19 @@ class StepValues:
     losses: Float[Tensor, "M"]
     accuracy: Float[Tensor, "M"] | None
     grads: dict[str, Tensor] | None
+    logits: Float[Tensor, "M N d_vocab_out"] | None = None
 
 
 def train_pass(params: dict[str, Tensor], trainable: list[str], arch: Architecture, rows: MemberRows,
                alpha: Float[Tensor, "M"], *, micro_batch: int, gradients: bool = True,
-               accuracy: bool = False) -> StepValues:
+               accuracy: bool = False, keep_logits: bool = False) -> StepValues:
     """Losses (float64 mean cross-entropy per member), optionally accuracies, and gradients of their sum.
 
     Members go through in groups of ``micro_batch``; each member's values depend on its own parameters
     only, so grouping changes nothing but the order of float32 sums.
     """
     n_models = rows.tokens.shape[0]
-    losses, correct = [], []
+    losses, correct, kept = [], [], []
     grads = {name: torch.empty_like(params[name]) for name in trainable} if gradients else None
     for begin in range(0, n_models, micro_batch):
         end = min(begin + micro_batch, n_models)
@@ -321,10 +322,13 @@ def train_pass(params: dict[str, Tensor], trainable: list[str], arch: Architectu
             for name, grad in zip(trainable, torch.autograd.grad(loss.sum(), [part[name] for name in trainable])):
                 grads[name][begin:end] = grad
         losses.append(loss.detach())
+        if keep_logits:
+            kept.append(logits.detach())
         if accuracy:
             with torch.no_grad():
                 correct.append(sub.mean((logits.argmax(-1) == sub.labels).double()))
-    return StepValues(torch.cat(losses), torch.cat(correct) if accuracy else None, grads)
+    return StepValues(torch.cat(losses), torch.cat(correct) if accuracy else None, grads,
+                      torch.cat(kept) if keep_logits else None)
 
 
 # ----- optimiser -------------------------------------------------------------------------------

@@ -52,11 +52,32 @@ def summary_dict(result: AnalysisResult) -> dict[str, Any]:
                   "group_loss": _number(final, "group_loss"), "group_accuracy": _number(final, "group_acc"),
                   "zero_operand_accuracy": _number(final, "zero_operand_acc")},
         "phases": phases,
+        "train_only": _train_only_summary(result),
         "classification": classification,
         "notes": list(result.notes),
         "skipped": [dict(entry) for entry in result.skipped],
     }
     return json_safe(summary)
+
+
+def _train_only_summary(result: AnalysisResult) -> dict[str, Any] | None:
+    """The train-only block of summary.json: final measures, the detector's steps and rule, which rows."""
+    if "trainonly_restricted_loss" not in result.table:
+        return None
+    from grokscope.fourier import RELATIVE_NORM
+    from grokscope.monitor import KEY_RULES, MAX_KEY_FREQS, TRAIN_ONLY_COLUMNS
+
+    final = result.final_row
+    return {"rows": "train" if result.run_info.get("split_known") else "all (split unknown)",
+            "key_frequencies": {"rule": KEY_RULES[0], "threshold": RELATIVE_NORM, "max_freqs": MAX_KEY_FREQS},
+            "final": {name.removeprefix("trainonly_"): _number(final, name) for name in TRAIN_ONLY_COLUMNS},
+            "restricted_to_train_ratio": _ratio(_number(final, "trainonly_restricted_loss"),
+                                                _number(final, "trainonly_train_loss")),
+            "detection": result.train_only.to_dict() if result.train_only is not None else None}
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
 
 
 def collection_summary(results: Sequence[AnalysisResult], source: str, fmt: str,
@@ -83,6 +104,8 @@ def collection_csv(summaries: Sequence[dict]) -> str:
                      "accuracy": final.get("accuracy"), "loss": final.get("loss"),
                      "restricted_loss": final.get("restricted_loss"),
                      "excluded_loss": final.get("excluded_loss"),
+                     "trainonly_excluded_loss": (s.get("train_only") or {}).get("final", {}).get("excluded_loss"),
+                     "trainonly_restricted_loss": (s.get("train_only") or {}).get("final", {}).get("restricted_loss"),
                      "key_frequencies": " ".join(map(str, s["key_frequencies"]["freqs"])),
                      "label": c.get("label"), "reason": c.get("reason"), "confidence": c.get("confidence"),
                      "gradient_symmetricity": c.get("gradient_symmetricity"),
@@ -117,13 +140,13 @@ def default_out_dir(path: str | os.PathLike) -> Path:
 
 
 def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, *, workers: int = 1,
-                 trust_pickle: bool = False, progress: bool = False, report: bool = True
-                 ) -> tuple[dict[str, Any], Path]:
+                 trust_pickle: bool = False, progress: bool = False, report: bool = True,
+                 pathways: bool = False) -> tuple[dict[str, Any], Path]:
     """Analyse whatever is at ``path`` and write measures.csv, summary.json and report.html into ``out``.
 
     ``path`` is a run in any layout, one checkpoint file, or a folder of independent models or runs
     (then ``measures.csv`` has one row per model and ``summary.json`` a ``models`` list). Returns the
-    summary and the output folder. Unreadable checkpoints are skipped and listed in the summary;
+    summary and the output folder. ``pathways`` adds the experimental pathway columns (``analyze``). Unreadable checkpoints are skipped and listed in the summary;
     input that cannot be analysed at all raises GrokscopeError.
     """
     from grokscope import plots
@@ -137,7 +160,7 @@ def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, 
         results, failed = [], []
         for run in loaded:
             try:
-                results.append(analyze(run, progress=progress, workers=workers))
+                results.append(analyze(run, progress=progress, workers=workers, pathways=pathways))
             except GrokscopeError as error:  # a member with nothing readable is listed, not fatal
                 failed.append(skip_entry(str(run.source), error))
         skipped += failed
@@ -149,7 +172,7 @@ def analyze_path(path: str | os.PathLike, out: str | os.PathLike | None = None, 
         table_text = collection_csv(summary["models"])
         figures = [("Models", plots.model_comparison(summary["models"]))]
     else:
-        result = analyze(loaded, progress=progress, workers=workers)
+        result = analyze(loaded, progress=progress, workers=workers, pathways=pathways)
         summary = summary_dict(result)
         summary["skipped"] = skipped + summary["skipped"]
         table_text = measures_csv(result.table)
@@ -227,6 +250,17 @@ def _phases_line(ph: dict[str, Any]) -> str:
     return line + (f" (from the {ph['source']})" if ph.get("source") not in (None, "checkpoints") else "")
 
 
+def _train_only_lines(train_only: dict | None) -> list[str]:
+    if not train_only:
+        return []
+    from grokscope.monitor import describe_detection
+
+    final, detection = train_only["final"], train_only["detection"]
+    return [f"train-only   ({train_only['rows']} rows) excluded {_fmt(final['excluded_loss'])}, restricted "
+            f"{_fmt(final['restricted_loss'])}, restricted / train {_fmt(train_only['restricted_to_train_ratio'])}; "
+            + (describe_detection(detection) if detection else "one checkpoint: no phase detection")]
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The short table `grokscope analyze` prints: task, checkpoints, key frequencies, phases, losses, label."""
     if "models" in summary:
@@ -257,6 +291,7 @@ def format_table(summary: dict[str, Any]) -> str:
                  f"{_fmt(final['restricted_loss'])}, excluded {_fmt(final['excluded_loss'])}"
                  + (f", with a zero operand accuracy {_fmt(final['zero_operand_accuracy'], 4)}"
                     if final.get("zero_operand_accuracy") is not None else ""),
+                 *_train_only_lines(summary.get("train_only")),
                  f"label        {c.get('label', '-')}" + (f" ({c['reason']})" if c.get("reason") else "")
                  + (f", confidence {_fmt(c.get('confidence'), 2)}, GS {_fmt(c.get('gradient_symmetricity'))}, "
                     f"DI {_fmt(c.get('distance_irrelevance'))}, circularity {_fmt(c.get('circularity'))} "

@@ -19,6 +19,7 @@ machine, thread count and batch of members).
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from grokscope.engine import (FROZEN_PARAMETERS, Architecture, MemberRows, Membe
 from grokscope.errors import GrokscopeError
 from grokscope.formats import native
 from grokscope.formats.base import Run
+from grokscope.monitor import LOG_MONITOR_COLUMNS, TrainOnlyMonitor
 from grokscope.progress import progress_bar
 from grokscope.recipes import MODEL_FIELDS, PRESETS, TrainConfig, preserved_global_rng  # noqa: F401 (re-exported)
 from grokscope.tasks import held_out_mask
@@ -122,6 +124,7 @@ class _Member:
     log: dict[str, list] = field(default_factory=lambda: {column: [] for column in ck.LOG_COLUMNS})
     resume_tensors: dict[str, Tensor] | None = None
     schedule: frozenset[int] = frozenset()
+    monitor: TrainOnlyMonitor | None = None
 
 
 def stack_key(config: TrainConfig) -> tuple:
@@ -166,7 +169,9 @@ def _start_member(config: TrainConfig, out: Path) -> _Member | None:
         ck.save_tensors(split_path, {"train_indices": train_idx},
                         metadata={"frac": repr(config.frac), "split_seed": str(config.split_seed),
                                   "n_inputs": str(task.n_inputs)})
-    member = _Member(config, out, train_idx, schedule=frozenset(config.checkpoint_steps()))
+    member = _Member(config, out, train_idx, schedule=frozenset(config.checkpoint_steps()),
+                     log={column: [] for column in (*ck.LOG_COLUMNS, *LOG_MONITOR_COLUMNS)},
+                     monitor=TrainOnlyMonitor(task, train_idx))  # train rows only: no test set needed
     resume_path, log_path = out / ck.RESUME_FILE, out / ck.LOG_CSV
     if resume_path.exists():
         tensors, metadata = ck.load_tensors(resume_path)
@@ -176,8 +181,17 @@ def _start_member(config: TrainConfig, out: Path) -> _Member | None:
         member.resume_tensors, member.start = tensors, int(metadata["step"])
         member.elapsed = float(metadata.get("elapsed_s", 0.0))
         if log_path.exists():
-            member.log = ck.truncate_log(ck.read_log(log_path), member.start - 1)
+            member.log = _with_monitor_columns(ck.truncate_log(ck.read_log(log_path), member.start - 1))
+            member.monitor.replay(member.log)
     return member
+
+
+def _with_monitor_columns(log: dict[str, list]) -> dict[str, list]:
+    """A log read back, with empty train-only columns added where an older version wrote none."""
+    n = len(log["step"])
+    for column in LOG_MONITOR_COLUMNS:
+        log.setdefault(column, [math.nan] * n if column != LOG_MONITOR_COLUMNS[-1] else [""] * n)
+    return log
 
 
 def train_members(configs: list[TrainConfig], outs: list[str | Path], *, progress: bool = True,
@@ -246,7 +260,7 @@ def _train_chunk(members: list[_Member], arch: Architecture, device: torch.devic
         for member in lagging:
             caught_up = _start_member(member.config, member.out)
             member.start, member.resume_tensors, member.log = caught_up.start, caught_up.resume_tensors, caught_up.log
-            member.elapsed = caught_up.elapsed
+            member.elapsed, member.monitor = caught_up.elapsed, caught_up.monitor
 
 
 def _initial_state(member: _Member) -> dict[str, Tensor]:
@@ -320,9 +334,21 @@ class _Stack:
                 tensors[f"grokfast.{name}"] = self.grokfast.mu[name][index].detach().cpu()
         return tensors
 
-    def pass_over(self, rows: MemberRows, gradients: bool, accuracy: bool) -> StepValues:
+    def pass_over(self, rows: MemberRows, gradients: bool, accuracy: bool, logits: bool = False) -> StepValues:
         return train_pass(self.params, self.trainable, self.arch, rows, self.alpha, micro_batch=self.micro_batch,
-                          gradients=gradients, accuracy=accuracy)
+                          gradients=gradients, accuracy=accuracy, keep_logits=logits)
+
+    def monitor_rows(self, values: StepValues, step: int, logging: list[bool]) -> list[dict | None]:
+        """Each logging member's train-only columns (``grokscope.monitor``) from this step's train logits."""
+        rows = []
+        for index, member in enumerate(self.members):
+            if not logging[index]:
+                rows.append(None)
+                continue
+            count = int(self.train_rows.counts[index])
+            logits = values.logits[index, :count].detach().cpu()
+            rows.append(member.monitor.measure(member_state_dict(self.params, index), step, train_logits=logits))
+        return rows
 
     def metrics(self, train: StepValues) -> Tensor:
         """(M, 4) float64: train loss, test loss, train accuracy, test accuracy of the current weights."""
@@ -337,16 +363,17 @@ def _train_stack(members: list[_Member], arch: Architecture, device: torch.devic
     epochs, start = members[0].config.epochs, members[0].start
     end = epochs if stop is None else stop
     log_every = [member.config.log_every for member in members]
-    pending: list[tuple[int, Tensor, list[bool]]] = []
+    pending: list[tuple[int, Tensor, list[bool], list[dict | None]]] = []
     clock = time.perf_counter()
     bar = _progress_bar(members, start, end, progress)
     try:
         for step in range(start, end + 1):
             last = step == epochs
             logging = [step % every == 0 or last for every in log_every]
-            values = stack.pass_over(stack.train_rows, gradients=not last and step != stop, accuracy=any(logging))
+            values = stack.pass_over(stack.train_rows, gradients=not last and step != stop, accuracy=any(logging),
+                                     logits=any(logging))
             if any(logging):
-                pending.append((step, stack.metrics(values), logging))
+                pending.append((step, stack.metrics(values), logging, stack.monitor_rows(values, step, logging)))
             # A resumed member's files at its start step are complete already: leave them untouched.
             saving = [(step in member.schedule or step == stop) and not (step == start and member.resume_tensors)
                       for member in members]
@@ -371,7 +398,7 @@ def _train_stack(members: list[_Member], arch: Architecture, device: torch.devic
         wall = time.perf_counter() - clock
         for member in members:
             status = {"wall_time_s": round(member.elapsed + wall, 3), "members_in_stack": len(members),
-                      "device": str(device)}
+                      "device": str(device), "monitor_s": round(member.monitor.seconds, 3)}
             ck.write_json(member.out / ck.RUN_JSON, run_metadata(member.config, finished=True, **status))
             (member.out / ck.RESUME_FILE).unlink(missing_ok=True)
 
@@ -380,18 +407,21 @@ def _flush_logs(members: list[_Member], pending: list, bar) -> None:
     """Move the metrics held on the device into each member's log (one host transfer for all rows)."""
     if not pending:
         return
-    values = torch.stack([metrics for _, metrics, _ in pending]).cpu().tolist()
-    for (step, _, logging), rows in zip(pending, values):
+    values = torch.stack([metrics for _, metrics, _, _ in pending]).cpu().tolist()
+    for (step, _, logging, monitored), rows in zip(pending, values):
         for index, member in enumerate(members):
             if logging[index]:
                 for column, value in zip(ck.LOG_COLUMNS, (step, *rows[index])):
+                    member.log[column].append(value)
+                for column, value in monitored[index].items():
                     member.log[column].append(value)
     if bar is not None:
         latest = values[-1]
         if len(members) == 1:
             train_loss, test_loss, train_acc, test_acc = latest[0]
             bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}",
-                            train_loss=f"{train_loss:.2e}", test_loss=f"{test_loss:.2e}", refresh=False)
+                            train_loss=f"{train_loss:.2e}", test_loss=f"{test_loss:.2e}",
+                            phase=members[0].monitor.phase, refresh=False)
         else:
             memorised = sum(row[2] >= ACCURACY_MARK for row in latest)
             grokked = sum(row[3] >= ACCURACY_MARK for row in latest)

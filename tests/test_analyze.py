@@ -129,7 +129,7 @@ def test_views_of_a_result():
     assert result.final_row["step"] == 70
     titles = [title for title, _ in result.figures()]
     assert titles == ["Loss and accuracy", "Restricted and excluded loss", "Sparsity and weight norm",
-                      "Embedding Fourier norms", "Neuron frequency clusters", "Embedding circles",
+                      "Train-only measures", "Embedding Fourier norms", "Neuron frequency clusters", "Embedding circles",
                       "Correct-class logit over (a+b, a-b)"]
     view = result.final_extras["views"]
     assert sorted(int(k) for k in view["embedding_norms"].argsort()[-2:] + 1) == [3, 8]

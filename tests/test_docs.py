@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 API_MODULES = ("tasks", "models", "constructions", "recipes", "training", "engine", "sweep_spec", "sweep_runner",
                "formats", "fourier", "measures", "phases", "algorithm_signatures", "classifier", "analysis", "plots",
-               "plots.curves", "plots.evidence", "report", "progress")
+               "plots.curves", "plots.evidence", "report", "progress", "monitor", "pathways")
 
 
 def nav_pages(nav) -> list[str]:

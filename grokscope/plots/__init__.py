@@ -27,10 +27,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from grokscope.plots._base import PhasesLike
-from grokscope.plots.curves import loss_curves, phase_spans, restricted_excluded_curves, weight_curves
+from grokscope.plots.curves import (loss_curves, phase_spans, restricted_excluded_curves, train_only_curves,
+                                    weight_curves)
 from grokscope.plots.evidence import embedding_circles, fourier_norms, logit_map, model_comparison, neuron_clusters
 
-__all__ = ["phase_spans", "loss_curves", "restricted_excluded_curves", "weight_curves",
+__all__ = ["phase_spans", "loss_curves", "restricted_excluded_curves", "weight_curves", "train_only_curves",
            "fourier_norms", "neuron_clusters", "embedding_circles", "logit_map", "model_comparison",
            "standard_figures", "PhasesLike"]
 
@@ -52,6 +53,8 @@ def standard_figures(table: Mapping[str, Any] | None = None, phases: PhasesLike 
     if table is not None:
         figures += [loss_curves(table, phases), restricted_excluded_curves(table, phases),
                     weight_curves(table, phases)]
+        if "trainonly_excluded_loss" in table:
+            figures.append(train_only_curves(table, phases))
     if embedding_norms is not None:
         figures.append(fourier_norms(embedding_norms, key_freqs))
     if neuron_freq is not None and frac_explained is not None:

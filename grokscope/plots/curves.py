@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 from grokscope.plots._base import (COLORS, PHASE_COLORS, PhasesLike, as_array, as_mapping, column,
                                    empty_figure, finish, finite_list, use_log_x)
 
-__all__ = ["phase_spans", "loss_curves", "restricted_excluded_curves", "weight_curves"]
+__all__ = ["phase_spans", "loss_curves", "restricted_excluded_curves", "weight_curves", "train_only_curves"]
 
 
 def phase_spans(phases: PhasesLike,
@@ -156,3 +156,30 @@ def weight_curves(table: Mapping[str, Any], phases: PhasesLike = None, *,
               [("sum_sq_weights", "sum of squared weights", dict(color="#8c564b"))]]
     return _curves(table, panels, [False, False], ["Gini / FVE", "sum of squared weights"], phases,
                    log_x, title, 560)
+
+
+def train_only_curves(table: Mapping[str, Any], phases: PhasesLike = None, *,
+                      log_x: bool | None = None, title: str = "Train-only measures") -> go.Figure:
+    """The train-only measures (``grokscope.monitor``: key frequencies from the weights, losses on the
+    train rows) with the test loss dashed for reference, above the pathway measures
+    (``grokscope.pathways``, where the table has them) and the test accuracy.
+
+    >>> fig = train_only_curves({"step": [0, 10], "trainonly_excluded_loss": [4.0, 6.0],
+    ...                          "pathway_distance": [0.1, 0.4]})
+    >>> [trace.name for trace in fig.data]
+    ['excluded loss (train-only)', 'pathway distance']
+    """
+    panels = [[("trainonly_train_loss", "train loss", dict(color=COLORS["train"])),
+               ("trainonly_restricted_loss", "restricted loss (train-only)", dict(color=COLORS["restricted"])),
+               ("trainonly_excluded_loss", "excluded loss (train-only)", dict(color=COLORS["excluded"])),
+               ("test_loss", "test loss (reference)", dict(color=COLORS["test"], dash="dash", width=1))],
+              [("pathway_distance", "pathway distance", dict(color="#ff7f0e")),
+               ("label_consistency", "label consistency", dict(color="#17becf")),
+               ("test_acc", "test accuracy (reference)", dict(color=COLORS["test"], dash="dash", width=1))]]
+    present = [[entry for entry in panel if entry[0] in table] for panel in panels]
+    kept = [(panel, log, name) for panel, log, name in zip(present, [True, False], ["loss", "pathways / accuracy"])
+            if panel]
+    if not kept:
+        return empty_figure(title, "no train-only columns: nothing to plot")
+    return _curves(table, [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], phases, log_x,
+                   title, 300 + 260 * len(kept))
