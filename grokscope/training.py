@@ -37,7 +37,7 @@ from grokscope.engine import (FROZEN_PARAMETERS, Architecture, MemberRows, Membe
 from grokscope.errors import GrokscopeError
 from grokscope.formats import native
 from grokscope.formats.base import Run
-from grokscope.monitor import LOG_MONITOR_COLUMNS, TrainOnlyMonitor
+from grokscope.monitor import LOG_MONITOR_COLUMNS, TrainOnlyMonitor, detect_phases
 from grokscope.progress import progress_bar
 from grokscope.recipes import MODEL_FIELDS, PRESETS, TrainConfig, preserved_global_rng  # noqa: F401 (re-exported)
 from grokscope.tasks import held_out_mask
@@ -462,7 +462,11 @@ def summarize(run) -> dict[str, Any]:
     """Headline figures of a native run: epochs of train and test accuracy >= 99%, their ratio, finals."""
     log = run.log or {column: [] for column in ck.LOG_COLUMNS}
     train_99, test_99 = first_step_at(log, "train_acc"), first_step_at(log, "test_acc")
-    final = {column: values[-1] for column, values in log.items()} if log["step"] else {}
+    # The final row of the five classic columns; the train-only ones are summarised by "train_only".
+    final = {column: log[column][-1] for column in ck.LOG_COLUMNS} if log["step"] else {}
+    detection = None
+    if log["step"] and "trainonly_restricted_loss" in log:
+        detection = detect_phases(log, run.task.p)[0]
     return {
         "train_99_step": train_99,
         "test_99_step": test_99,
@@ -470,4 +474,6 @@ def summarize(run) -> dict[str, Any]:
         "final": final,
         "checkpoints": len(run.steps),
         "wall_time_s": run.config.get("status", {}).get("wall_time_s"),
+        "monitor_s": run.config.get("status", {}).get("monitor_s"),
+        "train_only": detection.to_dict() if detection is not None else None,
     }
