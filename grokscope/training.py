@@ -286,12 +286,15 @@ class _Stack:
     def __init__(self, members: list[_Member], arch: Architecture, device: torch.device):
         self.members, self.arch, self.device = members, arch, device
         states = [_initial_state(member) for member in members]
-        expected = set(arch.parameter_shapes())
+        expected_order = list(arch.parameter_shapes())
+        expected = set(expected_order)
         for member, state in zip(members, states):
             if set(state) != expected:
                 raise GrokscopeError(f"parameters {sorted(set(state) ^ expected)[:4]} differing",
                                      expected="this run's model", where=str(member.out / ck.RESUME_FILE))
-        self.params = stack_parameters(states, device)
+        # One fixed order (the architecture's), whether the weights come from an init or a resume file
+        # (safetensors sorts names): sums over parameters then add in the same order either way.
+        self.params = stack_parameters([{name: state[name] for name in expected_order} for state in states], device)
         self.trainable = [name for name in self.params if not name.endswith(FROZEN_PARAMETERS)]
         self.settings = _settings(members)
         self.alpha = self.settings.alpha.to(device=device, dtype=torch.float32)

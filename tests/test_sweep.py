@@ -156,23 +156,28 @@ def test_cli_sweep_with_flags_and_its_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sigkill_of_the_sweep_loses_no_finished_member_or_checkpoint(tmp_path):
-    spec = _spec(grid={"alpha": [0.0, 0.5, 1.0]}, set={**TINY, "epochs": 1500, "checkpoint_every": 100})
+    spec = _spec(grid={"alpha": [0.0, 0.5, 1.0]}, set={**TINY, "epochs": 3000, "checkpoint_every": 100})
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     out = tmp_path / "sw"
     command = [sys.executable, "-m", "grokscope.cli", "sweep", str(tmp_path / "spec.json"), "--out", str(out),
                "--workers", "1", "--max-members", "1", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env)
+    from grokscope.sweep_runner import member_status
+
+    ids = list(SweepPlan.from_spec(spec).members)
+    first_dir, second_dir = out / RUNS_DIR / ids[0], out / RUNS_DIR / ids[1]
     deadline = time.time() + 300
     # kill once the first member is finished and the second has a checkpoint after step 100
-    while time.time() < deadline:
-        rows = read_index(out) if (out / "index.csv").exists() else []
-        second = out / RUNS_DIR / rows[1]["id"] / ck.CHECKPOINT_DIR if len(rows) > 1 else None
-        if rows and rows[0]["status"] == "finished" and second and (second / ck.checkpoint_filename(300)).exists():
+    while time.time() < deadline and process.poll() is None:
+        if member_status(first_dir)["status"] == "finished" \
+                and (second_dir / ck.CHECKPOINT_DIR / ck.checkpoint_filename(300)).exists():
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert member_status(second_dir)["status"] == "running", "the second member finished before the kill"
+    rows = [{"id": mid} for mid in ids]
     first, second = rows[0]["id"], rows[1]["id"]
     finished_files = _mtimes(out / RUNS_DIR / first)
     # checkpoints at or before the resume state are complete; a later one is recomputed (identically)
@@ -189,4 +194,4 @@ def test_sigkill_of_the_sweep_loses_no_finished_member_or_checkpoint(tmp_path):
     from grokscope.formats import native
 
     log = native.read(out / RUNS_DIR / second).log
-    assert log["step"] == list(range(0, 1501, 10))
+    assert log["step"] == list(range(0, 3001, 10))
