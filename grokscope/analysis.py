@@ -182,8 +182,8 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
             logits = final_logits(model, task.tokens())
         measures = progress_measures(model, task, key_freqs, train_indices, logits=logits, basis=basis)
         rows = None if train_indices is None else torch.as_tensor(train_indices).long()
-        # The train-only measures live in Z_p (op "add"); the task's own basis may be another group's.
-        train_only = train_only_measures(model, task, rows, basis=basis if task.op == "add" else None,
+        # The train-only measures live in Z_p; mul and div analyse in Z_{p-1}, so they get no basis here.
+        train_only = train_only_measures(model, task, rows, basis=basis if task.op in ("add", "sub") else None,
                                          train_logits=logits if rows is None else logits[rows])
     notes = measures.notes + [note for note in train_only.notes if "split unknown" not in note]  # analyze says it once
     row = {**measures.as_row(), **train_only.as_row()}

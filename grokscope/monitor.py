@@ -248,21 +248,26 @@ def train_only_measures(weights: HookedTransformer | dict[str, Tensor], task: Ta
     L = train_logits.detach()[:, :task.p].double().cpu()
     labels = task.labels()[rows]
     with torch.no_grad():
-        if task.op != "add":  # Fourier numbers in Z_p fit only a + b: no K, Gini or fit elsewhere
+        in_z_p = task.group is not None and task.group.N == task.p and task.op in ("add", "sub")
+        if not in_z_p:  # mul, div (Z_{p-1}) and the polynomials: no Z_p key frequency or Gini fits them
             params = _parameters(weights)
             m = TrainOnlyMeasures(rule=rule, rows="train" if rows_known else "all", n_rows=int(rows.numel()),
                                   sum_sq_weights=sum(float(v.detach().double().square().sum().cpu())
                                                      for v in params.values()))
             m.train_loss = float(_row_losses(L, labels).mean())
             m.train_acc = float((L.argmax(-1) == labels).double().mean())
-            m.notes.append(f"train-only key frequencies, Ginis and restricted / excluded losses are defined for "
-                           f"op 'add' in Z_p; NaN for op {task.op!r}")
+            m.notes.append(f"train-only key frequencies, Ginis and restricted / excluded losses are defined in "
+                           f"Z_p (op 'add'; 'sub' without the fit); NaN for op {task.op!r}")
             return m
         m = TrainOnlyMeasures(rule=rule, rows="train" if rows_known else "all", n_rows=int(rows.numel()),
                               key_freqs=train_free_key_frequencies(weights, task, rule, basis=basis),
                               **weight_norm_measures(weights, task, basis))
         m.train_loss = float(_row_losses(L, labels).mean())
         m.train_acc = float((L.argmax(-1) == labels).double().mean())
+        if task.op != "add":
+            m.notes.append(f"train-only restricted / excluded losses use the directions of op 'add'; "
+                           f"NaN for op {task.op!r}")
+            return m
         restricted, excluded = key_fit(L, rows, task, m.key_freqs)
         m.restricted_loss = float(_row_losses(restricted, labels).mean())
         m.restricted_acc = float((restricted.argmax(-1) == labels).double().mean())
