@@ -356,11 +356,6 @@ class MemberSettings:
         """The same settings on ``device`` (still float64), so that updates need no host transfers."""
         return MemberSettings(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
 
-    def select(self, members: list[int]) -> "MemberSettings":
-        """The settings of a subset of the members, in the given order."""
-        index = torch.tensor(members, dtype=torch.long)
-        return MemberSettings(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
-
 
 def _per_member(values: Tensor, like: Tensor) -> Tensor:
     """(M,) float64 values as ``like``'s dtype, shaped (M, 1, ..., 1) to broadcast against it."""
@@ -381,6 +376,13 @@ class StackedAdamW:
         self.exp_avg: dict[str, Tensor] = {}
         self.exp_avg_sq: dict[str, Tensor] = {}
 
+    def init_state(self, params: dict[str, Tensor]) -> None:
+        """Zero moments for the parameters that have none yet (a fresh run's step 0)."""
+        for name, param in params.items():
+            if name not in self.exp_avg:
+                self.exp_avg[name] = torch.zeros_like(param, requires_grad=False)
+                self.exp_avg_sq[name] = torch.zeros_like(param, requires_grad=False)
+
     @torch.no_grad()
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
         self.step_count += 1
@@ -388,11 +390,9 @@ class StackedAdamW:
         decay = 1.0 - s.lr * s.weight_decay
         step_size = s.lr / (1.0 - s.beta1 ** t)
         bias_correction2_sqrt = (1.0 - s.beta2 ** t).sqrt()
+        self.init_state({name: params[name] for name in grads})
         for name, grad in grads.items():
             param = params[name]
-            if name not in self.exp_avg:
-                self.exp_avg[name] = torch.zeros_like(param)
-                self.exp_avg_sq[name] = torch.zeros_like(param)
             exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
             param.mul_(_per_member(decay, param))
             exp_avg.lerp_(grad, _per_member(1.0 - s.beta1, param))

@@ -28,9 +28,13 @@ from grokscope import __version__
 from grokscope import population as pop
 from grokscope.checkpoints import atomic_write, json_safe, write_json
 from grokscope.errors import GrokscopeError
+# The sweep folder's layout is the trainer's (grokscope.sweep_runner); only its names are shared here.
+from grokscope.sweep_runner import FORMAT_NAME as SWEEP_FORMAT
+from grokscope.sweep_runner import FORMAT_VERSION as SWEEP_FORMAT_VERSION
+from grokscope.sweep_runner import INDEX_CSV as INDEX_FILE
+from grokscope.sweep_runner import RUNS_DIR as RUNS_FOLDER
+from grokscope.sweep_runner import SWEEP_JSON as SWEEP_FILE
 
-SWEEP_FILE, INDEX_FILE, RUNS_FOLDER = "sweep.json", "index.csv", "runs"
-SWEEP_FORMAT, SWEEP_FORMAT_VERSION = "grokscope-sweep", 1
 POPULATION_FILE, SUMMARY_FILE, REPORT_FILE = "population.csv", "summary.json", "report.html"
 OUTPUT_FOLDER = "grokscope"
 

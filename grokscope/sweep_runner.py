@@ -38,7 +38,6 @@ INDEX_CSV = "index.csv"
 RUNS_DIR = "runs"
 FORMAT_NAME = "grokscope-sweep"
 FORMAT_VERSION = 1
-STATUSES = ("pending", "running", "finished", "failed")
 WORKER_RETRIES = 2
 """How many times a group whose worker process died is started again (it resumes from its checkpoints)."""
 

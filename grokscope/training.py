@@ -305,9 +305,7 @@ class _Stack:
         if members[0].resume_tensors is not None:
             self._load_optimiser_state()
         else:
-            for name in self.trainable:
-                self.adam.exp_avg[name] = torch.zeros_like(self.params[name], requires_grad=False)
-                self.adam.exp_avg_sq[name] = torch.zeros_like(self.params[name], requires_grad=False)
+            self.adam.init_state({name: self.params[name] for name in self.trainable})
         task = members[0].config.task
         tokens, labels = task.tokens(), task.labels()
         test_indices = [torch.nonzero(held_out_mask(task.n_inputs, m.train_indices))[:, 0] for m in members]
