@@ -8,9 +8,10 @@ On the released p = 59 models in tests/fixtures/pizza (or any release folder), i
   (b) ``signatures.gradient_symmetricity`` alone (the batched GS);
   (c) the baseline: GS the way the released notebook computes it, one forward and one backward pass
       per sample in a Python loop (``run_with_hooks`` per triple).
-(b) and (c) must agree, which the script checks. Prints seconds per model (median of ``--repeats``,
-the variants taking turns so that load changes hit them alike) and the ratios (c)/(a) and (c)/(b).
-Timings on a shared machine are noisy: compare the ratios of one run, not seconds across runs.
+(b) and (c) must agree, which the script checks. Prints seconds per model (process CPU time, median of
+``--repeats``, the variants taking turns so that load changes hit them alike) and the ratios (c)/(a)
+and (c)/(b). CPU time is steadier than wall time on a shared machine, but still noisy there: compare
+the ratios of one run, not seconds across runs.
 
     python benchmarks/classify_speed.py [--folder tests/fixtures/pizza] [--repeats 3] [--threads N]
 """
@@ -47,9 +48,10 @@ def loop_gradient_symmetricity(model, task, n_samples: int = 100, seed: int = 42
 
 
 def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
+    """(process CPU seconds, value) of fn(): other jobs on the machine do not count."""
+    start = time.process_time()
     value = fn()
-    return time.perf_counter() - start, value
+    return time.process_time() - start, value
 
 
 def main(argv=None) -> int:

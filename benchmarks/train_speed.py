@@ -1,18 +1,21 @@
-"""Seconds per full-batch training epoch: grokscope's step against two references, in one run.
+"""Seconds per model-epoch of the training engine, as ratios to this machine's own floor, in one run.
 
-The network is [N23]'s (p = 113, 30% train: 3830 rows; 1 layer, d_model 128, 4 heads, d_mlp 512):
+The floor is the matrix products of a straightforward read-out-only step of the same network ([N23]:
+p = 113, 30% train, 3,830 rows; [Z23]: p = 59, 80% train, 2,785 rows; 1 layer, d_model 128, 4 heads,
+d_mlp 512): the query at the last position, keys and values at every position, W_O, W_in, W_out and
+W_U, each forward and its two backward products. They are timed here as bare ``torch.mm`` calls, so
+the floor is what this machine's BLAS does with those shapes right now, not a datasheet figure.
 
-- grokscope: ``models.final_logits`` on the HookedTransformer (what ``grokscope.training`` runs);
-- plain: a straightforward ``torch.nn.Module`` of the same network written below, with the full
-  forward at every position and the logits of the last one;
-- hooked: HookedTransformer's own forward, ``model(tokens)[:, -1]``.
+Variants, each a full training epoch (forward, float64 cross-entropy, backward, AdamW update):
 
-Each epoch is forward, float64 cross-entropy, backward and an AdamW step. The three variants take
-turns (round-robin, ``--repeats`` rounds of ``--steps`` epochs each) so that a change in machine
-load hits all of them alike; the median per-epoch time of each is reported with its ratio to plain.
-All three start from the same weights and are checked to compute the same logits first.
+- ``hooked``: the HookedTransformer read-out (``models.final_logits``) with ``torch.optim.AdamW``,
+  the step grokscope trained with before the engine;
+- ``engine M=k``: ``grokscope.engine`` on a stack of k members (seconds per model-epoch).
 
-    python benchmarks/train_speed.py [--steps 20] [--repeats 5] [--threads N]
+Variants take turns (``--repeats`` rounds of ``--steps`` epochs) so a change in load hits all alike;
+medians are reported. Run it on an idle machine:
+
+    python benchmarks/train_speed.py [--threads 1] [--members 1 8 64] [--steps 5] [--repeats 3]
 """
 
 import argparse
@@ -20,124 +23,128 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
+from grokscope.engine import (FROZEN_PARAMETERS, Architecture, MemberRows, MemberSettings, StackedAdamW,
+                              micro_batch_size, stack_parameters, train_pass)
 from grokscope.models import cross_entropy_f64, final_logits
-from grokscope.training import FROZEN_PARAMETERS, TrainConfig
+from grokscope.training import TrainConfig
 
 
-class PlainTransformer(nn.Module):
-    """One-layer attention + MLP transformer without LayerNorm, written out directly ([N23] layout)."""
-
-    def __init__(self, d_vocab: int, d_vocab_out: int, n_ctx: int, d_model: int, n_heads: int, d_mlp: int):
-        super().__init__()
-        self.n_heads, self.d_head = n_heads, d_model // n_heads
-        self.embed = nn.Parameter(torch.zeros(d_vocab, d_model))
-        self.pos = nn.Parameter(torch.zeros(n_ctx, d_model))
-        self.query = nn.Linear(d_model, d_model, bias=False)
-        self.key = nn.Linear(d_model, d_model, bias=False)
-        self.value = nn.Linear(d_model, d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
-        self.mlp_in = nn.Linear(d_model, d_mlp)
-        self.mlp_out = nn.Linear(d_mlp, d_model)
-        self.unembed = nn.Linear(d_model, d_vocab_out, bias=False)
-        self.register_buffer("causal", torch.ones(n_ctx, n_ctx, dtype=torch.bool).tril())
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, n_pos = tokens.shape
-        x = self.embed[tokens] + self.pos[:n_pos]
-
-        def heads(t):
-            return t.view(batch, n_pos, self.n_heads, self.d_head).transpose(1, 2)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        scores = (q @ k.transpose(-1, -2)) / self.d_head ** 0.5
-        scores = scores.masked_fill(~self.causal[:n_pos, :n_pos], float("-inf"))
-        z = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, n_pos, -1)
-        x = x + self.out(z)
-        x = x + self.mlp_out(torch.relu(self.mlp_in(x)))
-        return self.unembed(x)[:, -1]
-
-    @torch.no_grad()
-    def copy_from(self, model) -> "PlainTransformer":
-        """Take the weights of a one-layer HookedTransformer (TransformerLens layouts transposed)."""
-        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
-        self.embed.copy_(model.W_E)
-        self.pos.copy_(model.W_pos)
-        for linear, weight in ((self.query, attn.W_Q), (self.key, attn.W_K), (self.value, attn.W_V)):
-            linear.weight.copy_(weight.permute(0, 2, 1).reshape(-1, weight.shape[1]))  # (h*e, d)
-        self.out.weight.copy_(attn.W_O.reshape(-1, attn.W_O.shape[-1]).T)
-        self.mlp_in.weight.copy_(mlp.W_in.T)
-        self.mlp_in.bias.copy_(mlp.b_in)
-        self.mlp_out.weight.copy_(mlp.W_out.T)
-        self.mlp_out.bias.copy_(mlp.b_out)
-        self.unembed.weight.copy_(model.W_U.T)
-        return self
+def readout_products(config: TrainConfig, n_rows: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every forward product of the straightforward read-out-only step."""
+    cfg = config.model_config()
+    d, d_mlp, n_ctx, out = cfg.d_model, cfg.d_mlp, cfg.n_ctx, cfg.d_vocab_out
+    return [(n_rows, d, d),                                   # queries at the read-out position
+            (n_rows * n_ctx, d, d), (n_rows * n_ctx, d, d),   # keys and values at every position
+            (n_rows, d, d), (n_rows, d, d_mlp), (n_rows, d_mlp, d), (n_rows, d, out)]
 
 
-def _trainable(module) -> list:
-    return [p for name, p in module.named_parameters() if not name.endswith(FROZEN_PARAMETERS)]
+def product_flops(products: list[tuple[int, int, int]]) -> int:
+    """Forward and backward (input and weight gradients): three products of 2mkn FLOPs each."""
+    return sum(3 * 2 * m * k * n for m, k, n in products)
+
+
+def time_products(products: list[tuple[int, int, int]], repeats: int = 5) -> float:
+    """Median seconds of the forward and both backward matrix products, run as bare ``torch.mm``."""
+    operands = []
+    for m, k, n in products:
+        x, w, g = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
+        operands.append((x, w, g))
+
+    def once():
+        for x, w, g in operands:
+            torch.mm(x, w)
+            torch.mm(g, w.T)
+            torch.mm(x.T, g)
+
+    once()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def hooked_epoch(config: TrainConfig):
+    """One epoch of the HookedTransformer read-out with torch's AdamW."""
+    model = config.init_model()
+    model.train()
+    trainable = [p for name, p in model.named_parameters() if not name.endswith(FROZEN_PARAMETERS)]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    rows = config.train_indices()
+    tokens, labels = config.task.tokens()[rows], config.task.labels()[rows]
+
+    def epoch():
+        cross_entropy_f64(final_logits(model, tokens), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return epoch
+
+
+def engine_epoch(config: TrainConfig, n_members: int):
+    """One engine epoch for a stack of ``n_members`` seeds of ``config``."""
+    configs = [config.replace(seed=seed) for seed in range(n_members)]
+    arch = Architecture.from_config(config.model_config())
+    params = stack_parameters([dict(c.init_model().named_parameters()) for c in configs])
+    trainable = [name for name in params if not name.endswith(FROZEN_PARAMETERS)]
+    for name in trainable:
+        params[name].requires_grad_(True)
+    task = config.task
+    rows = MemberRows.from_indices(task.tokens(), task.labels(), [c.train_indices() for c in configs])
+    settings = MemberSettings.from_values(
+        alpha=[config.alpha] * n_members, lr=[config.lr] * n_members, weight_decay=[config.weight_decay] * n_members,
+        beta1=[config.betas[0]] * n_members, beta2=[config.betas[1]] * n_members,
+        grokfast_alpha=[config.grokfast_alpha] * n_members, grokfast_lamb=[0.0] * n_members)
+    adam, alpha = StackedAdamW(settings), settings.alpha.float()
+    micro_batch = micro_batch_size(rows.tokens.shape[1], "cpu")
+
+    def epoch():
+        values = train_pass(params, trainable, arch, rows, alpha, micro_batch=micro_batch)
+        adam.step(params, values.grads)
+    return epoch
+
+
+def benchmark(name: str, config: TrainConfig, members: list[int], steps: int, repeats: int) -> None:
+    n_rows = len(config.train_indices())
+    products = readout_products(config, n_rows)
+    flops = product_flops(products)
+    variants = {"hooked": (hooked_epoch(config), 1)}
+    variants.update({f"engine M={m}": (engine_epoch(config, m), m) for m in members})
+    for epoch, _ in variants.values():  # warm-up
+        epoch()
+    floors, times = [], {label: [] for label in variants}
+    for _ in range(repeats):
+        floors.append(time_products(products, repeats=1))
+        for label, (epoch, n_models) in variants.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                epoch()
+            times[label].append((time.perf_counter() - start) / steps / n_models)
+    floor = statistics.median(floors)
+    print(f"\n{name}: p = {config.p}, {n_rows} train rows, n_ctx {config.task.n_ctx}; "
+          f"{torch.get_num_threads()} torch threads; {repeats} rounds x {steps} epochs")
+    print(f"  floor: read-out step products {flops / 1e9:.2f} GFLOP in {floor * 1e3:.1f} ms "
+          f"({flops / floor / 1e9:.0f} GFLOP/s measured)")
+    print(f"  {'variant':<14} {'ms per model-epoch':>19} {'/ floor':>8}")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(f"  {label:<14} {median * 1e3:>19.1f} {median / floor:>8.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20, help="epochs per timed round")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds per variant")
+    parser.add_argument("--steps", type=int, default=5, help="epochs per timed round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--members", type=int, nargs="+", default=[1, 8, 64], help="stack sizes to time")
+    parser.add_argument("--shapes", nargs="+", default=["nanda", "pizza"], choices=["nanda", "pizza"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    config = TrainConfig.preset("nanda")
-    task, train_idx = config.task, config.train_indices()
-    tokens, labels = task.tokens()[train_idx], task.labels()[train_idx]
-
-    hooked_for_fast, hooked = config.init_model(), config.init_model()
-    cfg = hooked.cfg
-    plain = PlainTransformer(cfg.d_vocab, cfg.d_vocab_out, cfg.n_ctx, cfg.d_model, cfg.n_heads, cfg.d_mlp)
-    plain.copy_from(hooked)
-    with torch.no_grad():
-        reference = hooked(tokens)[:, -1]
-        for name, logits in (("grokscope", final_logits(hooked_for_fast, tokens)), ("plain", plain(tokens))):
-            error = (logits - reference).abs().max().item()
-            assert error < 1e-4, f"{name} differs from HookedTransformer by {error}"
-
-    variants = {
-        "grokscope": (hooked_for_fast, lambda: final_logits(hooked_for_fast, tokens)),
-        "plain": (plain, lambda: plain(tokens)),
-        "hooked": (hooked, lambda: hooked(tokens)[:, -1]),
-    }
-    optimizers = {name: torch.optim.AdamW(_trainable(module), lr=config.lr, betas=config.betas,
-                                          weight_decay=config.weight_decay)
-                  for name, (module, _) in variants.items()}
-
-    def epoch(name):
-        loss = cross_entropy_f64(variants[name][1](), labels)
-        loss.backward()
-        optimizers[name].step()
-        optimizers[name].zero_grad(set_to_none=True)
-
-    for name in variants:  # warm-up
-        for _ in range(3):
-            epoch(name)
-    times = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name in variants:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                epoch(name)
-            times[name].append((time.perf_counter() - start) / args.steps)
-
-    median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"p = {task.p}, {len(train_idx)} train rows, d_model {cfg.d_model}, d_mlp {cfg.d_mlp}; "
-          f"{torch.get_num_threads()} torch threads; {args.repeats} rounds x {args.steps} epochs each")
-    print(f"{'variant':<10} {'s/epoch (median)':>17} {'min':>9} {'max':>9} {'/ plain':>8}")
-    for name, values in times.items():
-        print(f"{name:<10} {median[name]:>17.4f} {min(values):>9.4f} {max(values):>9.4f} "
-              f"{median[name] / median['plain']:>8.2f}")
-    ratio = median["grokscope"] / median["plain"]
-    print(f"grokscope / plain = {ratio:.2f} (goal <= 1.2): {'ok' if ratio <= 1.2 else 'SLOWER THAN GOAL'}")
-    print(f"grokscope / hooked = {median['grokscope'] / median['hooked']:.2f}")
+    for name in args.shapes:
+        benchmark(f"[{'N23' if name == 'nanda' else 'Z23'}] {name}", TrainConfig.preset(name), args.members,
+                  args.steps, args.repeats)
 
 
 if __name__ == "__main__":

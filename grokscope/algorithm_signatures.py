@@ -1,4 +1,18 @@
-"""Clock and pizza signatures of a modular-addition model [Z23] (SCIENCE.md section 4).
+"""Clock and pizza signatures of a modular-arithmetic model [Z23] (SCIENCE.md sections 4 and 7).
+
+Every signature is measured in the group of the task (``Task.group``): in group coordinates
+u = phi(a), v = sign_b phi(b), m = phi(c) the task is addition in Z_N (m = u + v), so the addition
+definitions apply with a + b -> u + v and a - b -> u - v. For add nothing changes. For sub
+(v = -b) the roles of a + b and a - b are exchanged: a clock's logit depends on a - b only, a
+pizza's also on |cos(w(a + b)/2)|, so DI's rows are a - b and its columns a + b. For mul and div the
+measures run on the (p - 1)^2 nonzero grid in discrete-log coordinates (N = p - 1), the embedding
+rows in the order g^0, g^1, ...; accuracy with a zero operand is reported apart.
+
+GS compares dQ/dE_a and dQ/dE_b, which for a pizza of u + v are parallel only when b's embedding
+carries v itself. When sign_b = -1 (sub, div) the b token at coordinate v is phi^-1(-v), and GS uses
+the mirrored variant: dQ/dE_b is mapped back through the linear map M with E_b(v) = E_a(v) M on the
+embedding rows (least squares over the N group rows, centred; a reflection for a shared table), so
+g_b <- g_b M^T, the gradient with respect to the embedding of coordinate v.
 
 Pure functions: a HookedTransformer (or tensors) and a Task in, numbers and small frozen dataclasses
 out. ``signatures(model, task)`` computes everything from one forward pass over the grid, one batched
@@ -33,8 +47,9 @@ from torch import Tensor
 from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca, find_circles, isolated_plane,
                                mean_fraction, spectral_circularity)
 from grokscope.errors import GrokscopeError
-from grokscope.fourier import token_embeddings
-from grokscope.models import HookedTransformer, final_logits
+from grokscope.fourier import group_embeddings, require_group
+from grokscope.grid_forward import grid_logits
+from grokscope.models import HookedTransformer
 from grokscope.tasks import Task
 from grokscope.templates import circle_fve, isolated_circle_logits
 
@@ -61,6 +76,29 @@ def gs_triples(p: int, n_samples: int = 100, seed: int = 42) -> Int[Tensor, "n_s
     return torch.tensor(_shuffled_triples(p, n_samples, seed), dtype=torch.long)
 
 
+def group_triples(task: Task, n_samples: int = 100, seed: int = 42) -> Int[Tensor, "n_samples 3"]:
+    """The [Z23] protocol in group coordinates: ``gs_triples(N)`` as (u, v, m), mapped to operand values
+    (a, b, c) = (phi^-1(u), phi^-1(sign_b v), phi^-1(m)); for add exactly ``gs_triples(p)``."""
+    group = require_group(task, "gradient_symmetricity")
+    coords = gs_triples(group.N, n_samples, seed)
+    values = group.elements()
+    return torch.stack([values[coords[:, 0]], group.b_values()[coords[:, 1]], values[coords[:, 2]]], dim=1)
+
+
+def mirror_map(model: HookedTransformer, task: Task) -> Float[Tensor, "d_model d_model"] | None:
+    """M with E_b(v) ~ E_a(v) M over the group rows (least squares, centred), for sign_b = -1; else None.
+
+    E_a(v) is the embedding of a's token at coordinate v and E_b(v) that of b's token at coordinate v
+    (``group_embeddings``). For sub with one shared table E_b(v) = E(-v): on token circles M is the
+    reflection sin -> -sin.
+    """
+    if require_group(task, "mirror_map").sign_b > 0:
+        return None
+    rows_a = group_embeddings(model, task, "a").detach().double()
+    rows_b = group_embeddings(model, task, "b").detach().double()
+    return torch.linalg.pinv(rows_a - rows_a.mean(0)) @ (rows_b - rows_b.mean(0))
+
+
 def _operand_tokens(task: Task, a: Tensor, b: Tensor) -> Int[Tensor, "batch n_ctx"]:
     columns = [a, b + task.b_offset]
     if task.eq_token:
@@ -68,13 +106,14 @@ def _operand_tokens(task: Task, a: Tensor, b: Tensor) -> Int[Tensor, "batch n_ct
     return torch.stack(columns, dim=1)
 
 
-def gradient_cosines(model: HookedTransformer, task: Task,
-                     triples: Int[Tensor, "batch 3"]) -> Float[Tensor, "batch"]:
-    """cos(dQ/dE_a, dQ/dE_b) per triple, Q = raw logit of class c at the last position [Z23].
+def gradient_cosines(model: HookedTransformer, task: Task, triples: Int[Tensor, "batch 3"],
+                     mirror: Float[Tensor, "d_model d_model"] | None = None) -> Float[Tensor, "batch"]:
+    """cos(dQ/dE_a, dQ/dE_b) per triple (a, b, c), Q = raw logit of class c at the last position [Z23].
 
     E_a, E_b are the embedding outputs (``hook_embed``, before the positional embedding) at
     positions 0 and 1. All triples go through one forward and one backward pass: each sample's Q
     depends only on its own inputs, so the gradient of sum(Q) holds every per-sample gradient.
+    ``mirror`` (``mirror_map``) maps dQ/dE_b to g_b M^T first (the mirrored variant for sub and div).
     """
     tokens = _operand_tokens(task, triples[:, 0], triples[:, 1])
     captured = {}
@@ -87,34 +126,48 @@ def gradient_cosines(model: HookedTransformer, task: Task,
         logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", leaf_embedding)])[:, -1]
         q = logits.gather(1, triples[:, 2:3]).sum()
         (grad,) = torch.autograd.grad(q, captured["embed"])
-    return torch.nn.functional.cosine_similarity(grad[:, 0].double(), grad[:, 1].double(), dim=-1)
+    g_a, g_b = grad[:, 0].double(), grad[:, 1].double()
+    if mirror is not None:
+        g_b = g_b @ mirror.T
+    return torch.nn.functional.cosine_similarity(g_a, g_b, dim=-1)
 
 
 def gradient_symmetricity(model: HookedTransformer, task: Task, *, n_samples: int = 100,
                           seed: int = 42) -> float:
-    """GS = mean over the ``gs_triples`` samples of cos(dQ/dE_a, dQ/dE_b) [Z23]. Pizza ~1, clock low."""
-    return float(gradient_cosines(model, task, gs_triples(task.p, n_samples, seed)).mean())
+    """GS = mean over the ``group_triples`` samples of cos(dQ/dE_a, dQ/dE_b) [Z23], mirrored for sub and
+    div (module docstring). Pizza ~1, clock low."""
+    triples = group_triples(task, n_samples, seed)
+    return float(gradient_cosines(model, task, triples, mirror_map(model, task)).mean())
 
 
 # ----- distance irrelevance ----------------------------------------------------------------------
-def _require_addition(task: Task, where: str) -> None:
-    if task.op != "add":
-        raise GrokscopeError(f"op = {task.op!r}", expected="'add': the clock and pizza signatures "
-                             "describe modular addition", where=where)
+def group_logits(logits: Float[Tensor, "n_inputs d_vocab_out"], task: Task) -> Float[Tensor, "N_sq N"]:
+    """The logits of the in-group inputs in group coordinates: row u*N + v, column m = class phi^-1(m)
+    (``Task.group_rows``); the correct class of row u*N + v is m = u + v mod N."""
+    group = require_group(task, "group_logits")
+    return logits[task.group_rows(group)][:, group.elements()].double()
 
 
 def distance_matrix(logits: Float[Tensor, "n_inputs p"], task: Task, *,
                     runner_up: bool = False) -> Float[Tensor, "p p"]:
-    """M[(a+b) mod p, (a-b) mod p] = the correct logit (or, with ``runner_up``, the largest wrong one)."""
-    _require_addition(task, "distance_matrix")
-    pairs, labels = task.operands(), task.labels()
-    logits = logits[:, : task.p].double()
+    """M[(u+v) mod N, (u-v) mod N] = the correct logit (or, with ``runner_up``, the largest wrong one of
+    the N group classes), in group coordinates: (a+b, a-b) for add, (a-b, a+b) for sub, (ind a +- ind b,
+    ind a -+ ind b) on the nonzero grid for mul and div.
+
+    For even N (mul, div) (u, v) -> (u+v, u-v) is two-to-one onto the pairs of equal parity, so the
+    rows are indexed by u instead: M[u, (u-v) mod N]. Each column still holds the N inputs of one
+    u - v, which is all ``distance_irrelevance`` reads.
+    """
+    N = require_group(task, "distance_matrix").N
+    G = group_logits(logits, task)
+    u, v = torch.arange(N).repeat_interleave(N), torch.arange(N).repeat(N)
+    labels = (u + v) % N
     if runner_up:
-        values = logits.scatter(1, labels[:, None], float("-inf")).max(dim=1).values
+        values = G.scatter(1, labels[:, None], float("-inf")).max(dim=1).values
     else:
-        values = logits.gather(1, labels[:, None])[:, 0]
-    matrix = torch.empty(task.p, task.p, dtype=torch.float64)
-    matrix[(pairs[:, 0] + pairs[:, 1]) % task.p, (pairs[:, 0] - pairs[:, 1]) % task.p] = values
+        values = G.gather(1, labels[:, None])[:, 0]
+    matrix = torch.empty(N, N, dtype=torch.float64)
+    matrix[labels if N % 2 else u, (u - v) % N] = values
     return matrix
 
 
@@ -122,7 +175,7 @@ def distance_irrelevance(logits: Float[Tensor, "n_inputs p"], task: Task, *,
                          runner_up: bool = False) -> float:
     """DI = mean over columns of std over rows of M / std of all of M (population std) [Z23].
 
-    M from ``distance_matrix``: columns are a - b, rows a + b. A clock's correct logit ignores a - b
+    M from ``distance_matrix``: columns are u - v, rows u + v (a - b and a + b for add; exchanged for sub). A clock's correct logit ignores a - b
     (DI ~ 1), a pizza's scales with |cos(w(a-b)/2)| (DI low). ``runner_up`` uses the largest wrong
     logit, as the released result tables do; the paper's definition (the default) uses the correct one.
 
@@ -132,7 +185,7 @@ def distance_irrelevance(logits: Float[Tensor, "n_inputs p"], task: Task, *,
     """
     matrix = distance_matrix(logits, task, runner_up=runner_up)
     total = matrix.std(unbiased=False)
-    scale = logits[:, : task.p].double().std(unbiased=False)
+    scale = group_logits(logits, task).std(unbiased=False)
     if total <= DEGENERATE_RTOL * scale or total == 0:
         return 1.0
     return float(matrix.std(dim=0, unbiased=False).mean() / total)
@@ -171,6 +224,9 @@ class Signatures:
 
     Attributes:
         p: the modulus. accuracy: over the full grid (argmax of the p class logits).
+        basis: the group the signatures were measured in (``Group.name``, e.g. "Z_58, discrete log base 2").
+        group_accuracy: over the in-group inputs; zero_operand_accuracy: over the inputs with an
+            operand outside the group (a zero operand for mul and div; None when there are none).
         gradient_symmetricity: GS with ``n_samples`` triples of the seed-``seed`` protocol.
         di_correct: distance irrelevance of the correct logit (the paper's definition).
         di_runnerup: the same for the largest wrong logit (the released result tables).
@@ -197,6 +253,9 @@ class Signatures:
     template_fve_centred: dict | None
     n_samples: int = 100
     seed: int = 42
+    basis: str = ""
+    group_accuracy: float | None = None
+    zero_operand_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-safe dict; circles as a list of dicts."""
@@ -207,21 +266,22 @@ class Signatures:
 
 def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, seed: int = 42,
                n_circles: int = 6, templates: bool = True) -> Signatures:
-    """All signatures of ``model`` on ``task`` (modular addition): see the module docstring.
+    """All signatures of ``model`` on ``task`` in the task's group: see the module docstring.
 
     Work: one forward pass over the grid (accuracy, DI), one batched forward / backward pass over
     ``n_samples`` triples (GS), and with ``templates`` one batched forward pass over the grid for all
     circles (without it, circles carry no template FVE and the cost drops to the first two).
     """
-    _require_addition(task, "signatures")
+    group = require_group(task, "signatures")
     if model.cfg.d_vocab_out < task.p or model.cfg.d_vocab < task.d_vocab:
         raise GrokscopeError(f"d_vocab = {model.cfg.d_vocab}, d_vocab_out = {model.cfg.d_vocab_out}",
                              expected=f"a model of {task} (d_vocab {task.d_vocab}, >= {task.p} outputs)",
                              where="signatures")
-    with torch.no_grad():
-        logits = final_logits(model, task.tokens())[:, : task.p]
-    accuracy = float((logits.argmax(dim=1) == task.labels()).double().mean())
-    rows_a = token_embeddings(model, task, "a").detach().double()
+    logits = grid_logits(model, task)[:, : task.p]
+    correct = (logits.argmax(dim=1) == task.labels()).double()
+    outside = task.outside_rows(group)
+    accuracy = float(correct.mean())
+    rows_a = group_embeddings(model, task, "a").detach().double()
     pca = embedding_pca(rows_a)
     circles = find_circles(rows_a, n_circles, pca)
     if templates:
@@ -232,7 +292,9 @@ def signatures(model: HookedTransformer, task: Task, *, n_samples: int = 100, se
         di_correct=distance_irrelevance(logits, task),
         di_runnerup=distance_irrelevance(logits, task, runner_up=True),
         circularity=mean_fraction(pca, 4), spectral_circularity=spectral_circularity(rows_a, pca=pca),
-        circularity_b=circularity(token_embeddings(model, task, "b")) if task.diff_vocab else None,
+        circularity_b=circularity(group_embeddings(model, task, "b")) if task.diff_vocab else None,
         circles=tuple(circles), template_fve=_weighted_templates(circles, "template_fve"),
         template_fve_centred=_weighted_templates(circles, "template_fve_centred"),
-        n_samples=n_samples, seed=seed)
+        n_samples=n_samples, seed=seed, basis=group.name,
+        group_accuracy=float(correct[task.group_rows(group)].mean()),
+        zero_operand_accuracy=float(correct[outside].mean()) if outside.numel() else None)

@@ -38,11 +38,14 @@ from torch import Tensor
 
 from grokscope.errors import GrokscopeError
 from grokscope.formats.base import skip_entry
-from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, fourier_basis, key_frequencies)
+from grokscope.fourier import FourierBasis, KeyFrequencies, as_freq_list, key_frequencies, task_basis
+from grokscope.limits import check_checkpoint_count
 from grokscope.measures import progress_measures
 from grokscope.models import HookedTransformer, final_logits
-from grokscope.phases import Phases, find_phases
-from grokscope.progress import Progress
+from grokscope.monitor import Detection, detect_phases, train_only_measures
+from grokscope.pathways import pathway_measures
+from grokscope.phases import Phases, find_phases, unavailable
+from grokscope.progress import progress_bar
 from grokscope.tasks import Task
 from grokscope.views import model_views
 
@@ -61,12 +64,16 @@ class AnalysisResult:
         key_freqs: the key frequencies every row used (from the final checkpoint unless given), or
             the final checkpoint's own when recomputed per checkpoint.
         table: column name -> list, one entry per analysed checkpoint; ``step`` first.
-        phases: phase boundaries from ``find_phases(table)``.
+        phases: phase boundaries from ``find_phases(table)``; with one checkpoint, from the run's
+            training curves where it has them (``phases_without_history``), else not available.
         skipped: ``{"path", "error"}`` per unreadable checkpoint.
         notes: what could not be computed, and why.
         classification: what ``classify`` returned for the final checkpoint (None without it).
         key_freqs_by_step: with ``recompute_key_freqs``, step -> that checkpoint's frequencies.
         final_extras: what each ``inspect_final`` callable returned for the final checkpoint.
+        train_only: the train-only detector replayed over the trainonly_* columns
+            (``monitor.detect_phases``); the only phases available when the split is unknown.
+            None for a single checkpoint (the detector needs a sequence).
     """
 
     run_info: dict[str, Any]
@@ -79,6 +86,7 @@ class AnalysisResult:
     classification: Any = None
     key_freqs_by_step: dict[int, list[int]] | None = None
     final_extras: dict[str, Any] = field(default_factory=dict)
+    train_only: Detection | None = None
 
     @property
     def steps(self) -> list[int]:
@@ -116,12 +124,14 @@ class AnalysisResult:
         info, final = self.run_info, self.final_row
         steps = self.steps
         span = f"{len(steps)} checkpoints, steps {steps[0]}..{steps[-1]}" if steps else "no checkpoints"
-        grok = (f"grokked at step {self.phases.grokking_step}" if self.phases.grokked
+        grok = ("not available" if not getattr(self.phases, "available", True)
+                else f"grokked at step {self.phases.grokking_step}" if self.phases.grokked
                 else "did not grok" if steps else "-")
         accuracy = final.get("full_acc", math.nan)
         return [("run", f"{info.get('format')} p={self.task.p} op={self.task.op} ({info.get('source')})"),
                 ("checkpoints", span + (f", {len(self.skipped)} skipped" if self.skipped else "")),
-                ("key frequencies", f"{self.key_freqs.freqs} (rule {self.key_freqs.rule})"),
+                ("key frequencies", f"{self.key_freqs.freqs} (rule {self.key_freqs.rule}"
+                 + (f", {self.key_freqs.basis})" if self.key_freqs.basis else ")")),
                 ("phases", grok), ("final accuracy", f"{accuracy:.4f}")]
 
     def __repr__(self) -> str:
@@ -151,13 +161,17 @@ def _format(value: Any) -> str:
 
 def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequencies | list[int] | None,
                        train_indices: Int[Tensor, "n_train"] | None = None, *, rule: str = "A",
-                       basis: FourierBasis | None = None) -> tuple[dict[str, float], list[str], KeyFrequencies | None]:
+                       basis: FourierBasis | None = None, pathways: bool = False
+                       ) -> tuple[dict[str, float], list[str], KeyFrequencies | None]:
     """One checkpoint's table row, its notes, and (when ``key_freqs`` is None) its own key frequencies.
 
     One forward pass feeds everything; with ``key_freqs=None`` the same pass also yields the MLP
-    activations from which ``rule`` (default "A") picks this checkpoint's key frequencies.
+    activations from which ``rule`` (default "A") picks this checkpoint's key frequencies. The row
+    also holds the train-only measures (``monitor.train_only_measures``: their own key frequencies
+    from the weights, losses on the train rows, every row when the split is unknown), and with
+    ``pathways`` the experimental ``pathways.pathway_measures`` (one more forward pass, train rows).
     """
-    basis = fourier_basis(task.p) if basis is None else basis
+    basis = _basis_or_none(task) if basis is None else basis
     own = None
     with torch.no_grad():
         if key_freqs is None:
@@ -167,7 +181,20 @@ def measure_checkpoint(model: HookedTransformer, task: Task, key_freqs: KeyFrequ
         else:
             logits = final_logits(model, task.tokens())
         measures = progress_measures(model, task, key_freqs, train_indices, logits=logits, basis=basis)
-    return measures.as_row(), measures.notes, own
+        rows = None if train_indices is None else torch.as_tensor(train_indices).long()
+        # The train-only measures live in Z_p; mul and div analyse in Z_{p-1}, so they get no basis here.
+        train_only = train_only_measures(model, task, rows, basis=basis if task.op in ("add", "sub") else None,
+                                         train_logits=logits if rows is None else logits[rows])
+    notes = measures.notes + [note for note in train_only.notes if "split unknown" not in note]  # analyze says it once
+    row = {**measures.as_row(), **train_only.as_row()}
+    if pathways:
+        row.update(pathway_measures(model, task, rows))
+    return row, notes, own
+
+
+def _basis_or_none(task: Task) -> FourierBasis | None:
+    """The task's Fourier basis, None for operations without a group (their Fourier measures are NaN)."""
+    return task_basis(task) if task.group is not None else None
 
 
 def _key_frequencies_or_none(model, task, rule, post, basis) -> KeyFrequencies:
@@ -189,14 +216,16 @@ def assemble_table(rows: list[tuple[int, dict[str, float]]]) -> dict[str, list]:
     return table
 
 
-def _final_model(run) -> tuple[HookedTransformer | None, int | None]:
-    """The last readable checkpoint (index counted from the start), without touching run.skipped."""
+def _final_model(run) -> tuple[HookedTransformer | None, int | None, list[dict[str, str]]]:
+    """The last readable checkpoint (index counted from the start) and the errors of those after it,
+    without touching run.skipped."""
+    errors = []
     for i in reversed(range(len(run.steps))):
         try:
-            return run.model(i), i
-        except GrokscopeError:
-            continue
-    return None, None
+            return run.model(i), i, errors
+        except GrokscopeError as error:
+            errors.append(skip_entry(run.checkpoint_path(i), error))
+    return None, None, errors
 
 
 def _auto_classifier() -> Callable | None:
@@ -209,7 +238,7 @@ def _auto_classifier() -> Callable | None:
 def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompute_key_freqs: bool = False,
             rule: str = "A", progress: bool = False, classify: Callable | str | None = "auto",
             inspect_final: dict[str, Callable] | None = None, views: bool = True,
-            workers: int = 1) -> AnalysisResult:
+            workers: int = 1, pathways: bool = False) -> AnalysisResult:
     """Progress measures at every checkpoint of ``run``, key frequencies, phases and notes.
 
     Args:
@@ -227,55 +256,61 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
             clusters, circles, correct-logit map) in ``final_extras["views"]`` for ``figures()``.
         workers: processes measuring checkpoints in parallel (each holds one model at a time; rows
             come back in checkpoint order). 1 measures in this process.
+        pathways: also compute the experimental pathway measures per checkpoint (``grokscope.pathways``:
+            columns pathway_distance, label_consistency, active_fraction), drawn by the train-only figure.
+
+    Raises:
+        GrokscopeError: no checkpoint of the run is readable (an empty analysis means nothing), or
+            its table would not fit in memory (``limits.check_checkpoint_count``).
     """
     if not isinstance(workers, int) or workers < 1:
         raise GrokscopeError(f"workers = {workers!r}", expected="a whole number >= 1", where="analyze")
     if key_freqs is not None and recompute_key_freqs:
         raise GrokscopeError("both key_freqs and recompute_key_freqs=True", where="analyze",
                              expected="fixed key frequencies or per-checkpoint ones, not both")
+    check_checkpoint_count(len(run.steps), where=str(run.source))
     task, notes, extras = run.task, [], {}
-    basis = fourier_basis(task.p)
-    final_model, final_index = _final_model(run)
+    basis = _basis_or_none(task)
+    order = task.group.N if task.group is not None else task.p
+    final_model, final_index, errors = _final_model(run)
     classification = None
     if final_model is None:
-        notes.append("no readable checkpoint")
-        chosen = KeyFrequencies(freqs=[], rule=rule, threshold=math.nan)
+        raise _nothing_readable(run, errors[::-1])
+    if isinstance(key_freqs, KeyFrequencies):
+        as_freq_list(key_freqs, order)
+        chosen = key_freqs
+    elif key_freqs is not None:
+        chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, order), rule="given", threshold=math.nan,
+                                basis=basis.name if basis is not None else "")
     else:
-        if isinstance(key_freqs, KeyFrequencies):
-            as_freq_list(key_freqs, task.p)
-            chosen = key_freqs
-        elif key_freqs is not None:
-            chosen = KeyFrequencies(freqs=as_freq_list(key_freqs, task.p), rule="given", threshold=math.nan)
-        else:
-            chosen = _key_frequencies_or_none(final_model, task, rule, None, basis)
-            if "error" in chosen.detail:
-                notes.append(f"key frequencies: {chosen.detail['error']}")
-            if not chosen.freqs:
-                notes.append(f"rule {rule} found no key frequency at the final checkpoint (step "
-                             f"{run.steps[final_index]}); restricted / excluded losses use K = {{}}")
-        classifier = _auto_classifier() if classify == "auto" else classify
-        if classifier is not None:
-            try:
-                classification = classifier(final_model, task)
-            except GrokscopeError as error:
-                notes.append(f"classification: {error}")
-        inspectors = dict(inspect_final or {})
-        if views:
-            circle_labels = {index: label for index, _, label in getattr(classification, "circle_labels", ())}
-            inspectors.setdefault("views", lambda model, task: model_views(
-                model, task, key_freqs=chosen.freqs, circle_labels=circle_labels))
-        for name, inspect in inspectors.items():
-            try:
-                extras[name] = inspect(final_model, task)
-            except GrokscopeError as error:
-                notes.append(f"{name}: {error}")
+        chosen = _key_frequencies_or_none(final_model, task, rule, None, basis)
+        if "error" in chosen.detail:
+            notes.append(f"key frequencies: {chosen.detail['error']}")
+        if not chosen.freqs:
+            notes.append(f"rule {rule} found no key frequency at the final checkpoint (step "
+                         f"{run.steps[final_index]}); restricted / excluded losses use K = {{}}")
+    classifier = _auto_classifier() if classify == "auto" else classify
+    if classifier is not None:
+        try:
+            classification = classifier(final_model, task)
+        except (GrokscopeError, torch.linalg.LinAlgError) as error:  # e.g. weights so large the SVD fails
+            notes.append(f"classification: {error}")
+    inspectors = dict(inspect_final or {})
+    if views:
+        circle_labels = {index: label for index, _, label in getattr(classification, "circle_labels", ())}
+        inspectors.setdefault("views", lambda model, task: model_views(
+            model, task, key_freqs=chosen.freqs, circle_labels=circle_labels))
+    for name, inspect in inspectors.items():
+        try:
+            extras[name] = inspect(final_model, task)
+        except (GrokscopeError, torch.linalg.LinAlgError) as error:
+            notes.append(f"{name}: {error}")
     del final_model
 
     rows, by_step, seen_notes = [], {} if recompute_key_freqs else None, set()
     fixed = None if recompute_key_freqs else chosen
-    with Progress(len(run.steps), desc=f"analyze p={task.p}", enabled=progress) as bar:
-        for count, (step, row, row_notes, own) in enumerate(
-                _measured_checkpoints(run, fixed, rule, basis, workers), start=1):
+    with progress_bar(len(run.steps), desc=f"analyze p={task.p}", enabled=progress, unit="ckpt") as bar:
+        for step, row, row_notes, own in _measured_checkpoints(run, fixed, rule, basis, workers, pathways):
             rows.append((step, row))
             if own is not None:
                 by_step[int(step)] = list(own.freqs)
@@ -283,24 +318,62 @@ def analyze(run, *, key_freqs: KeyFrequencies | list[int] | None = None, recompu
                 if note not in seen_notes:
                     seen_notes.add(note)
                     notes.append(note)
-            bar.update(count, step=step, test_loss=row["test_loss"], full_acc=row["full_acc"])
+            bar.set_postfix({"step": step, "test_loss": row["test_loss"], "full_acc": row["full_acc"]}, refresh=False)
+            bar.update(1)
     table = assemble_table(rows)
     if recompute_key_freqs and by_step:
         chosen = KeyFrequencies(freqs=by_step[table["step"][-1]], rule=rule, threshold=chosen.threshold,
                                 detail={"recomputed_per_checkpoint": True})
     if run.train_indices is None:
-        notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows")
-    phases = find_phases(table)
+        notes.append("train/test split unknown: train/test columns are NaN, excluded loss uses all rows; "
+                     "the trainonly_* columns count every grid row as a train row")
+    if not table["step"]:  # the final checkpoint was readable once but not when streamed
+        raise _nothing_readable(run, run.skipped)
+    phases = find_phases(table) if len(table["step"]) > 1 else phases_without_history(run, table["step"][-1])
+    notes.extend(note for note in phases.notes if note.startswith("phases "))
+    # One checkpoint is a snapshot: the detector needs a sequence to see r rise and fall.
+    detection = detect_phases(table, task.p)[0] if "trainonly_restricted_loss" in table and len(table["step"]) > 1 else None
     skipped = _unique(run.skipped)
     info = {"source": run.source, "format": run.format, "task": task.to_dict(), "n_ctx": task.n_ctx,
             "alpha": float(run.alpha), "n_checkpoints": len(table["step"]),
-            "n_checkpoints_listed": len(run.steps)}
+            "n_checkpoints_listed": len(run.steps), "split_known": run.train_indices is not None}
     return AnalysisResult(run_info=info, task=task, key_freqs=chosen, table=table, phases=phases,
                           skipped=skipped, notes=notes, classification=classification,
-                          key_freqs_by_step=by_step, final_extras=extras)
+                          key_freqs_by_step=by_step, final_extras=extras, train_only=detection)
 
 
-def _measured_checkpoints(run, key_freqs, rule, basis, workers):
+def _nothing_readable(run, errors: list[dict[str, str]]) -> GrokscopeError:
+    if not run.steps:
+        return GrokscopeError("no checkpoints", expected="at least one readable checkpoint", where=str(run.source))
+    first = errors[0] if errors else {"path": run.checkpoint_path(0), "error": "unreadable"}
+    if len(run.steps) == 1:  # one model: its own error says it all
+        return GrokscopeError(first["error"], where=first["path"])
+    return GrokscopeError(f"no readable checkpoint among {len(run.steps)} (first: {first['path']}: {first['error']})",
+                          expected="at least one readable checkpoint", where=str(run.source))
+
+
+def phases_without_history(run, step: int) -> Phases:
+    """Phases of a run with one analysed checkpoint (at ``step``): from the training curves stored with it
+    (``run.log``, cut at ``step``) when they have two rows or more, else not available.
+
+    Curve phases say so in ``method`` and have ``source = "training curves"``; boundaries that need
+    measures of checkpoints (the excluded-loss rise) are None with a note.
+    """
+    log = run.log or {}
+    keep = [i for i, s in enumerate(log.get("step", [])) if s <= step]
+    curves = {name: [values[i] for i in keep] for name, values in log.items()} if len(keep) > 1 else None
+    if curves is None or len(curves) < 2:
+        return unavailable("a single checkpoint and no training curves")
+    phases = find_phases(curves)
+    columns = ", ".join(name for name in curves if name != "step")
+    prefix = f"from the training curves stored with the run ({columns}; no checkpoints): "
+    phases.method = {name: prefix + rule for name, rule in phases.method.items()}
+    phases.source = "training curves"
+    phases.notes.insert(0, f"phases from the training curves ({len(keep)} rows of {columns}), not from checkpoints")
+    return phases
+
+
+def _measured_checkpoints(run, key_freqs, rule, basis, workers, pathways=False):
     """Yield (step, row, notes, own key frequencies) per readable checkpoint, in order.
 
     Unreadable checkpoints are recorded in ``run.skipped``. With ``workers > 1`` forked processes
@@ -308,10 +381,11 @@ def _measured_checkpoints(run, key_freqs, rule, basis, workers):
     """
     if workers == 1 or len(run.steps) < 2:
         for step, model in run.iter_models():
-            yield (step, *measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis))
+            yield (step, *measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis,
+                                             pathways=pathways))
         return
     global _WORKER_JOB
-    _WORKER_JOB = (run, key_freqs, rule, basis)
+    _WORKER_JOB = (run, key_freqs, rule, basis, pathways)
     context = multiprocessing.get_context("fork")
     try:
         with context.Pool(min(workers, len(run.steps)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
@@ -325,16 +399,17 @@ def _measured_checkpoints(run, key_freqs, rule, basis, workers):
 
 
 _WORKER_JOB = None
-"""(run, key_freqs, rule, basis) inherited by forked workers."""
+"""(run, key_freqs, rule, basis, pathways) inherited by forked workers."""
 
 
 def _measure_in_worker(index: int):
-    run, key_freqs, rule, basis = _WORKER_JOB
+    run, key_freqs, rule, basis, pathways = _WORKER_JOB
     try:
         model = run.model(index)
     except GrokscopeError as error:
         return run.steps[index], None, skip_entry(run.checkpoint_path(index), error)
-    own_row = measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis)
+    own_row = measure_checkpoint(model, run.task, key_freqs, run.train_indices, rule=rule, basis=basis,
+                                 pathways=pathways)
     return run.steps[index], own_row, None
 
 

@@ -5,8 +5,9 @@ Layout (DESIGN.md, "Native run format")::
     DIR/run.json                                  configuration, seeds, schedule, status
     DIR/split.safetensors                         ``train_indices`` into the lexicographic grid
     DIR/checkpoints/step_XXXXXXX.safetensors      HookedTransformer parameters (no buffers)
-    DIR/log.csv                                   step,train_loss,test_loss,train_acc,test_acc
+    DIR/log.csv                                   step,train_loss,test_loss,train_acc,test_acc[,trainonly_*]
     DIR/resume.safetensors                        optimiser state of the newest checkpoint (while training)
+    DIR/.grokscope.lock                           while training: the trainer's lock (``run_lock``), its pid
 
 Every file is written to a hidden temporary name in its own folder, fsync'd and renamed over the
 final name (``atomic_write``), so a reader never sees half a file under a real name, whatever
@@ -21,24 +22,30 @@ matching ``CHECKPOINT_PATTERN`` is ever a temporary file.
 [0, 1, 2, 3, 6, 10, 18, 25, 32, 50, 56, 75, 100]
 """
 
+import contextlib
 import csv
+import fcntl
+import functools
+import inspect
 import io
 import json
 import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from grokscope.errors import GrokscopeError
+from grokscope.limits import check_safetensors_size
 
 RUN_JSON = "run.json"
 SPLIT_FILE = "split.safetensors"
 CHECKPOINT_DIR = "checkpoints"
 LOG_CSV = "log.csv"
 RESUME_FILE = "resume.safetensors"
+LOCK_FILE = ".grokscope.lock"
 FORMAT_NAME = "grokscope-native"
 FORMAT_VERSION = 1
 
@@ -121,6 +128,81 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def is_bookkeeping(name: str) -> bool:
+    """Whether ``name`` is a file grokscope keeps beside a run's data: a temporary file or the lock."""
+    return name == LOCK_FILE or is_temporary(name)
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run folder's lock for the ``with`` block: one writer per folder at a time.
+
+    The lock is ``fcntl.flock`` on ``folder/.grokscope.lock`` (the folder is created if needed),
+    taken without waiting: while another process holds it, GrokscopeError names the folder and the
+    holder's pid (written into the file). The operating system releases a flock when its holder
+    exits, however it dies (SIGKILL included), so a killed trainer leaves no stale lock: the next
+    holder takes over its file. On a normal exit the holder removes the file while still holding
+    it, so a folder is left as it was; a holder checks after locking that its file is still the one
+    under the name (not one removed meanwhile), else it starts again.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with run_lock(folder):  # doctest: +ELLIPSIS
+    ...     with run_lock(folder):
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    grokscope.errors.GrokscopeError: ...: found a run locked by process ...; expected ...
+    >>> with run_lock(folder) as lock:  # released on exit, so taking it again works
+    ...     lock.name
+    '.grokscope.lock'
+    >>> os.listdir(folder)
+    []
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise GrokscopeError("a file", expected="a folder for the run (or a new path)", where=str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise GrokscopeError(f"a run locked by process {holder} (another grokscope train is writing it)",
+                                 expected="one trainer per folder: wait for it to finish, or use another --out",
+                                 where=str(folder)) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was removed by its last holder after we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still holding the lock, so no one else holds this file
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+def holding_run_lock(argument: str) -> Callable:
+    """Decorator: call the function inside ``run_lock`` on the folder passed as its ``argument``."""
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args, **kwargs):
+            with run_lock(signature.bind(*args, **kwargs).arguments[argument]):
+                return function(*args, **kwargs)
+        return locked
+    return decorate
+
+
 def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete temporary files a killed writer left in ``folder``; returns what was removed."""
     removed = []
@@ -149,6 +231,8 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_file():
+        check_safetensors_size(path)  # before any tensor is read
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
@@ -177,72 +261,37 @@ def checkpoint_steps(epochs: int, every: int, per_decade: int = 10) -> list[int]
     return sorted(steps)
 
 
-# ----- the resume state -------------------------------------------------------------------------
-
-def save_resume(path: Path, step: int, model, optimizer, trainable: dict, grokfast, elapsed: float) -> None:
-    """Atomically save what resuming at ``step`` needs: parameters, AdamW moments, the Grokfast EMA.
-
-    ``trainable`` maps names to the optimiser's parameters; ``grokfast`` is None or has a ``mu`` dict.
-    """
-    from grokscope import backend
-
-    # parameters and AdamW moments in the weight format, so either TransformerLens line resumes the file
-    tensors = {f"param.{name}": param for name, param in backend.weights(model).items()}
-    for name, param in trainable.items():
-        for key, value in optimizer.state.get(param, {}).items():
-            moment = value.shape == param.shape and value.ndim > 0
-            tensors[f"adam.{key}.{name}"] = backend.to_hooked(name, value, model.cfg) if moment else value
-    if grokfast is not None:
-        tensors.update({f"grokfast.{name}": mu for name, mu in grokfast.mu.items()})
-    save_tensors(path, tensors, metadata={"step": str(step), "elapsed_s": repr(elapsed)})
-
-
-def load_resume(path: Path, model, optimizer, trainable: dict, grokfast) -> tuple[int, float]:
-    """Restore what ``save_resume`` saved into ``model``, ``optimizer`` and ``grokfast``.
-
-    Returns ``(step, elapsed seconds)``; a file that does not fit the model raises GrokscopeError.
-    """
-    import torch
-
-    from grokscope import backend
-
-    tensors, metadata = load_tensors(path)
-    params = backend.weights(model)
-    names = {key.removeprefix("param.") for key in tensors if key.startswith("param.")}
-    if names != set(params) or "step" not in metadata or any(
-            tensors[f"param.{name}"].shape != tensor.shape for name, tensor in params.items()):
-        raise GrokscopeError(f"parameters {sorted(names)[:4]}...", expected="this run's model and a step",
-                             where=str(path))
-    with torch.no_grad():
-        for name, tensor in params.items():
-            tensor.copy_(tensors[f"param.{name}"])
-    for name, param in trainable.items():
-        state = {key.split(".")[1]: value for key, value in tensors.items()
-                 if key.startswith("adam.") and key.split(".", 2)[2] == name}
-        state = {key: backend.from_hooked(name, value, model.cfg) if value.ndim > 0 else value
-                 for key, value in state.items()}
-        if state:
-            optimizer.state[param] = state
-    if grokfast is not None:
-        grokfast.mu = {key.removeprefix("grokfast."): value for key, value in tensors.items()
-                       if key.startswith("grokfast.")}
-    return int(metadata["step"]), float(metadata.get("elapsed_s", 0.0))
-
-
 # ----- the training log ---------------------------------------------------------------------------
 
 def log_to_csv(log: dict[str, list]) -> str:
-    """The text of log.csv for a log held as columns (full float precision)."""
+    """The text of log.csv for a log held as columns (full float precision).
+
+    ``LOG_COLUMNS`` come first; any further columns (the train-only measures of ``grokscope.monitor``)
+    follow in the log's order, numbers at full precision and text (the phase) as it is.
+    """
+    extra = [column for column in log if column not in LOG_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(LOG_COLUMNS)
-    for row in zip(*(log[column] for column in LOG_COLUMNS)):
-        writer.writerow([int(row[0]), *(repr(float(x)) for x in row[1:])])
+    writer.writerow([*LOG_COLUMNS, *extra])
+    for row in zip(*(log[column] for column in (*LOG_COLUMNS, *extra))):
+        writer.writerow([int(row[0]), *(repr(float(x)) for x in row[1:len(LOG_COLUMNS)]),
+                         *(x if isinstance(x, str) else repr(float(x)) for x in row[len(LOG_COLUMNS):])])
     return buffer.getvalue()
 
 
+def _extra_value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def read_log(path: str | os.PathLike) -> dict[str, list]:
-    """Read log.csv as columns: ``{"step": [int], "train_loss": [float], ...}``."""
+    """Read log.csv as columns: ``{"step": [int], "train_loss": [float], ...}``.
+
+    The header starts with ``LOG_COLUMNS``; columns after them (written by newer versions) are read as
+    numbers where they parse and as text otherwise, so logs with and without them both load.
+    """
     path = Path(path)
     try:
         with open(path, newline="") as handle:
@@ -250,19 +299,21 @@ def read_log(path: str | os.PathLike) -> dict[str, list]:
     except OSError as error:
         raise GrokscopeError(f"an unreadable log ({error.strerror})", expected="a CSV file",
                              where=str(path)) from None
-    if not rows or tuple(rows[0]) != LOG_COLUMNS:
-        raise GrokscopeError(f"header {rows[0] if rows else 'none'}", expected=f"{','.join(LOG_COLUMNS)}",
-                             where=str(path))
-    log: dict[str, list] = {column: [] for column in LOG_COLUMNS}
+    n = len(LOG_COLUMNS)
+    if not rows or tuple(rows[0][:n]) != LOG_COLUMNS or len(set(rows[0])) != len(rows[0]):
+        raise GrokscopeError(f"header {rows[0] if rows else 'none'}",
+                             expected=f"{','.join(LOG_COLUMNS)} (then any other distinct columns)", where=str(path))
+    header = rows[0]
+    log: dict[str, list] = {column: [] for column in header}
     for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise GrokscopeError(f"line {line} = {row}", expected=f"{len(header)} columns", where=str(path))
         try:
-            values = [int(row[0]), *(float(x) for x in row[1:])]
-        except (ValueError, IndexError):
+            values = [int(row[0]), *(float(x) for x in row[1:n]), *(_extra_value(x) for x in row[n:])]
+        except ValueError:
             raise GrokscopeError(f"line {line} = {row}", expected="a step and four numbers",
                                  where=str(path)) from None
-        if len(values) != len(LOG_COLUMNS):
-            raise GrokscopeError(f"line {line} = {row}", expected="five columns", where=str(path))
-        for column, value in zip(LOG_COLUMNS, values):
+        for column, value in zip(header, values):
             log[column].append(value)
     return log
 

@@ -90,17 +90,25 @@ def _frequency_rotation(scores: Tensor) -> Tensor:
     return torch.linalg.eigh(mixed).eigenvectors
 
 
-def frequency_energy(values: Float[Tensor, "p n"]) -> Float[Tensor, "n n_freqs"]:
-    """Fraction of each column's energy at frequency k = 1..(p-1)/2 (cos and sin together).
+def _pair_weights(p: int) -> Tensor:
+    """Parseval weight of each frequency k = 1..floor(p/2): 2 for a cos / sin pair, 1 for the sign N/2."""
+    weights = torch.full((p // 2,), 2.0, dtype=torch.float64)
+    if p % 2 == 0:
+        weights[-1] = 1.0
+    return weights
 
-    e_k = 2 |sum_x v_x exp(2 pi i k x / p)|^2 / (p sum_x v_x^2) for mean-zero columns v, normalised
-    over the p rows the transform uses: a pure cos(2 pi k x / p + phase) scores 1 at k. Independent
-    of any Fourier basis ordering.
+
+def frequency_energy(values: Float[Tensor, "p n"]) -> Float[Tensor, "n n_freqs"]:
+    """Fraction of each column's energy at frequency k = 1..floor(N/2) (cos and sin together).
+
+    e_k = 2 |sum_x v_x exp(2 pi i k x / N)|^2 / (N sum_x v_x^2) for mean-zero columns v, normalised
+    over the N rows the transform uses: a pure cos(2 pi k x / N + phase) scores 1 at k. For even N
+    the sign frequency N/2 counts once (factor 1). Independent of any Fourier basis ordering.
     """
     p = values.shape[0]
-    spectrum = torch.fft.fft(values.double(), dim=0)[1 : (p - 1) // 2 + 1]
+    spectrum = torch.fft.fft(values.double(), dim=0)[1 : p // 2 + 1]
     energy = (values.double() ** 2).sum(dim=0).clamp_min(1e-300)
-    return (2 * spectrum.abs() ** 2 / (p * energy)).T
+    return (_pair_weights(p)[:, None] * spectrum.abs() ** 2 / (p * energy)).T
 
 
 def frequency_shares(W_rows: Float[Tensor, "p d_model"]) -> Float[Tensor, "n_freqs"]:
@@ -112,8 +120,8 @@ def frequency_shares(W_rows: Float[Tensor, "p d_model"]) -> Float[Tensor, "n_fre
     rows = W_rows.detach().double()
     centred = rows - rows.mean(dim=0)
     p = rows.shape[0]
-    spectrum = torch.fft.fft(centred, dim=0)[1 : (p - 1) // 2 + 1]
-    return 2 * (spectrum.abs() ** 2).sum(dim=1) / (p * centred.pow(2).sum().clamp_min(1e-300))
+    spectrum = torch.fft.fft(centred, dim=0)[1 : p // 2 + 1]
+    return _pair_weights(p) * (spectrum.abs() ** 2).sum(dim=1) / (p * centred.pow(2).sum().clamp_min(1e-300))
 
 
 def _fold(k: int, p: int) -> int:
@@ -121,12 +129,17 @@ def _fold(k: int, p: int) -> int:
     return min(k, p - k)
 
 
-def index_step(freq: int, p: int) -> int:
-    """delta = k^-1 mod p folded into 1..(p-1)/2: tokens 0, delta, 2 delta, ... walk the circle in order.
+def index_step(freq: int, p: int) -> int | None:
+    """delta = k^-1 mod N folded into 1..N/2: tokens 0, delta, 2 delta, ... walk the circle in order.
 
-    >>> index_step(17, 59), index_step(3, 59), index_step(15, 59)
-    (7, 20, 4)
+    None when k has no inverse mod N (even N: the circle at k then has N / gcd(k, N) points, each
+    token sharing its point with others).
+
+    >>> index_step(17, 59), index_step(3, 59), index_step(15, 59), index_step(4, 58)
+    (7, 20, 4, None)
     """
+    if math.gcd(freq, p) != 1:
+        return None
     return _fold(pow(freq, -1, p), p)
 
 
@@ -153,7 +166,9 @@ def mean_fraction(pca: EmbeddingPCA, n_components: int = 4) -> float:
 def spectral_circularity(W_rows: Float[Tensor, "p d_model"], n_components: int = 4,
                          pca: EmbeddingPCA | None = None) -> float:
     """Share of the first ``n_components`` principal variance carried by the n/2 strongest frequency
-    planes: sum of the n/2 largest ``frequency_shares`` / sum of the n largest PCA variance shares.
+    planes: sum of the n/2 largest ``frequency_shares`` / sum of the n largest PCA variance shares
+    (for even N the sign frequency is one dimension: the n dimensions are filled by largest share per
+    dimension).
 
     In [0, 1], because the n/2 planes are a rank-n projection over the tokens and none keeps more
     energy than the first n principal components; 1 when those components span n/2 whole frequency
@@ -167,14 +182,22 @@ def spectral_circularity(W_rows: Float[Tensor, "p d_model"], n_components: int =
     >>> 0.5 < spectral_circularity(rows) < 1.0
     True
     """
-    n_planes = max(n_components // 2, 1)
     share = (pca if pca is not None else embedding_pca(W_rows)).share
     if len(share) == 0:
         return 0.0
     top_variance = share[:n_components].sum()
     shares = frequency_shares(W_rows)
-    top_planes = shares.topk(min(n_planes, len(shares))).values.sum()
-    return float((top_planes / top_variance).clamp(0.0, 1.0))
+    # Fill n_components dimensions with the frequencies of largest share per dimension: a plane has
+    # 2 dims, the sign frequency of an even N one (a line), so for odd N this is the n/2 top planes.
+    dims = _pair_weights(W_rows.shape[0])
+    budget, top_planes = float(max(n_components, 2)), 0.0
+    for i in sorted(range(len(shares)), key=lambda i: -float(shares[i] / dims[i])):
+        take = min(float(dims[i]), budget)
+        top_planes += float(shares[i]) * take / float(dims[i])
+        budget -= take
+        if budget <= 0:
+            break
+    return float(min(max(top_planes / float(top_variance), 0.0), 1.0))
 
 
 def circle_plane(W_rows: Float[Tensor, "p d_model"], freq: int) -> Float[Tensor, "p d_model"]:
@@ -183,7 +206,10 @@ def circle_plane(W_rows: Float[Tensor, "p d_model"], freq: int) -> Float[Tensor,
     centred = rows - rows.mean(dim=0)
     p = rows.shape[0]
     angle = 2 * math.pi * freq * torch.arange(p, dtype=torch.float64) / p
-    basis = torch.stack([torch.cos(angle), torch.sin(angle)]) * math.sqrt(2 / p)
+    if 2 * freq == p:  # the sign component: one direction, (-1)^x / sqrt(N)
+        basis = torch.cos(angle)[None] / math.sqrt(p)
+    else:
+        basis = torch.stack([torch.cos(angle), torch.sin(angle)]) * math.sqrt(2 / p)
     return basis.T @ (basis @ centred)
 
 
@@ -210,7 +236,9 @@ class Circle:
 
     Attributes:
         index: circle number by decreasing variance, 0-based (circle 1 of the paper is index 0).
-        freq: frequency k in 1..(p-1)/2; delta: index step k^-1 mod p (folded), so k = delta^-1.
+        freq: frequency k in 1..floor(N/2) of the group (Z_p, or Z_{p-1} in discrete-log order);
+            delta: index step k^-1 mod N (folded), so k = delta^-1; None when k has no inverse mod N.
+            The sign frequency N/2 is a line (roundness 0), never a circle.
         variance: share of the embedding variance at k (the circle's squared radius).
         roundness: minor / major axis of the ellipse the tokens trace (1 for a circle).
         purity: share of the embedding energy inside the circle's plane of d_model that is at k
@@ -235,7 +263,7 @@ class Circle:
 
     index: int
     freq: int
-    delta: int
+    delta: int | None
     variance: float
     roundness: float
     purity: float

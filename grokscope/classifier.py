@@ -126,6 +126,8 @@ class Classification:
         return {"label": self.label, "reason": self.reason, "confidence": self.confidence,
                 "accuracy": s.accuracy, "gradient_symmetricity": s.gradient_symmetricity,
                 "distance_irrelevance": s.di_correct, "distance_irrelevance_runnerup": s.di_runnerup,
+                "basis": s.basis, "group_accuracy": s.group_accuracy,
+                "zero_operand_accuracy": s.zero_operand_accuracy,
                 "circularity": s.circularity, "circularity_b": s.circularity_b,
                 "spectral_circularity": s.spectral_circularity,
                 "template_fve": s.template_fve, "template_fve_centred": s.template_fve_centred,
@@ -179,14 +181,17 @@ def classify_signatures(sig: Signatures, thresholds: Thresholds | None = None) -
                              where="classify")
     gs, di = sig.gradient_symmetricity, sig.di_correct
     vote, margin = template_vote(sig, t)
-    evidence = [f"accuracy over the full grid {sig.accuracy:.4f} (generalised at >= {t.min_accuracy})",
+    zero = (f"; with a zero operand {sig.zero_operand_accuracy:.4f}, on the nonzero grid {sig.group_accuracy:.4f}"
+            if sig.zero_operand_accuracy is not None else "")
+    evidence = [f"accuracy over the full grid {sig.accuracy:.4f} (generalised at >= {t.min_accuracy}){zero}",
                 f"circularity {sig.circularity:.4f}, spectral {sig.spectral_circularity:.4f} "
                 f"(gate {t.min_circularity} on {t.circularity_measure})"
                 + (f"; b tokens {sig.circularity_b:.4f}" if sig.circularity_b is not None else ""),
                 f"gradient symmetricity {gs:.4f} (pizza >= {t.pizza_min_gs}, clock <= {t.clock_max_gs}; "
                 f"{sig.n_samples} samples, seed {sig.seed})",
                 f"distance irrelevance {di:.4f} (pizza <= {t.pizza_max_di}, clock >= {t.clock_min_di}); "
-                f"runner-up logit {sig.di_runnerup:.4f}"]
+                f"runner-up logit {sig.di_runnerup:.4f}",
+                f"measured in {sig.basis or 'Z_' + str(sig.p)} (group coordinates of the task)"]
     circle_labels, totals = [], {}
     for c in sig.circles:
         label = circle_label(c, t)
@@ -197,7 +202,7 @@ def classify_signatures(sig: Signatures, thresholds: Thresholds | None = None) -
         totals[label] = (count + 1, variance + c.variance)
         fve = c.template_fve_centred
         extra = f", accompanying {fve['accompanying']:.1%}" if "accompanying" in fve else ""
-        evidence.append(f"circle {c.index + 1} (k = {c.freq}, delta = {c.delta}, {c.variance:.1%} of the "
+        evidence.append(f"circle {c.index + 1} (k = {c.freq}, delta = {c.delta if c.delta is not None else '-'}, {c.variance:.1%} of the "
                         f"variance): clock {fve['clock']:.1%}, pizza {fve['pizza']:.1%}{extra} -> {label}")
     if totals:
         evidence.append("circles: " + ", ".join(f"{count} {label} ({variance:.1%} of the variance)"
@@ -242,8 +247,8 @@ def classify(model: HookedTransformer, task: Task, *, thresholds: Thresholds | N
     """Measure ``signatures(model, task)`` and classify them (see the module docstring).
 
     ``templates=False`` skips the logit templates (about 3x faster for a six-circle model): the label
-    is the same, the confidence 0.5 (no second vote). Raises GrokscopeError for tasks other than
-    modular addition.
+    is the same, the confidence 0.5 (no second vote). Measured in the task's group (add, sub, mul,
+    div; ``algorithm_signatures``); raises GrokscopeError for operations without one.
     """
     sig = signatures(model, task, n_samples=n_samples, seed=seed, templates=templates)
     return classify_signatures(sig, thresholds)

@@ -1,23 +1,32 @@
 """[N23]'s progress measures of one checkpoint, from one forward pass over the full grid.
 
-L is the (p^2, p) float64 logit table over the lexicographic grid (extra output logits such as an
-``=`` class dropped), P_K the orthogonal projection of each class column onto the 2|K| unit directions
-cos(w_k(a+b)), sin(w_k(a+b)) for k in K (``fourier.key_directions``). All losses are float64
-cross-entropy over the p classes (SCIENCE.md section 3):
+Losses and accuracies over the task's grid (train, test, full) are float64 cross-entropy over the p
+classes. The Fourier measures live in the group of the task (``Task.group``, SCIENCE.md section 7):
+L is the (N^2, N) float64 logit table of the in-group inputs in group coordinates, row u*N + v with
+u = phi(a), v = sign_b phi(b) and column m the class phi^-1(m) (``Task.group_rows``), so that the
+correct class is m = u + v mod N. For add that is the (p^2, p) table itself; for sub the b axis is
+mirrored (v = -b, so u + v = a - b); for mul and div it is the (p - 1)^2 nonzero grid in discrete-log
+coordinates with class 0 dropped, and the 2p - 1 (mul) or p - 1 (div) inputs with a zero operand are
+measured apart (``zero_operand_acc``, ``zero_operand_loss``). ``group_loss`` / ``group_acc`` are the
+full loss and accuracy of that N-class table, the loss the restricted loss is compared with.
+P_K is the orthogonal projection of each class column onto the unit directions cos(w_k(u+v)),
+sin(w_k(u+v)) for k in K, w_k = 2 pi k / N (one direction, (-1)^(u+v), for the sign frequency N/2):
 
-- restricted loss: CE of P_K L + mean_over_grid(L) (per-class bias correction), all p^2 rows
+- restricted loss: CE of P_K L + mean_over_grid(L) (per-class bias correction), all N^2 rows
   (``restricted_loss_test``: the same on the test rows);
 - excluded loss: CE of L - P_K L (no bias correction) on the train rows (all rows without a split);
   ``excluded_loss_k{k}`` removes one frequency only;
-- cos fit: coefficient <C_k, L> with C_k[a, b, c] = cos(w_k(a+b-c)) / ||.|| (unit over the p^3 tensor),
-  and ``cos_fve`` = sum_k <C_k, L>^2 / ||L - rowmean(L)||^2, the fraction of the logits' variance
-  across classes (softmax-invariant: each input row centred) that the clock terms explain;
-- Gini ([N23], Hurley and Rickard) of the p - 1 non-constant Fourier component norms of W_E (a's
-  token rows, norms over d_model) and of W_L = W_out @ W_U[:, :p] (norms over neurons, transform over
-  the class axis): G = 2 sum_i i c_(i) / (N sum c) - (N + 1) / N, c sorted ascending, N = p - 1.
+- cos fit: coefficient <C_k, L> with C_k[u, v, m] = cos(w_k(u+v-m)) / ||.|| (unit over the N^3 tensor;
+  cos(w(a-b-c)) for sub), and ``cos_fve`` = sum_k <C_k, L>^2 / ||L - rowmean(L)||^2, the fraction of
+  the logits' variance across classes (softmax-invariant: each input row centred) the clock terms explain;
+- Gini ([N23], Hurley and Rickard) of the N - 1 non-constant Fourier component norms (the sign
+  component counted as one) of W_E (a's token rows in group order, norms over d_model) and of
+  W_L = W_out @ W_U[:, :p] (class columns in group order, norms over neurons, transform over the
+  class axis): G = 2 sum_i i c_(i) / (n sum c) - (n + 1) / n, c sorted ascending, n = N - 1.
 
-The (a+b)-direction measures are defined for op "add" only; for other operations they are NaN and
-``notes`` says why. Everything else (losses, accuracy, weights, Gini) is computed for every op.
+Operations without a known mechanism (the polynomials) have no group: their Fourier measures are
+NaN and ``notes`` says why; losses, accuracies and the sum of squared weights are computed for every op.
+``ProgressMeasures.basis`` names the basis used.
 
 >>> import math
 >>> from grokscope.tasks import Task
@@ -41,22 +50,25 @@ from torch import Tensor
 
 from grokscope import backend
 from grokscope.errors import GrokscopeError
-from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, component_norms, fourier_basis,
-                               key_directions, neuron_logit_map, token_embeddings)
+from grokscope.fourier import (FourierBasis, KeyFrequencies, as_freq_list, component_norms, group_embeddings,
+                               group_logit_map, key_directions, task_basis)
 from grokscope.models import HookedTransformer, final_logits
-from grokscope.tasks import Task
+from grokscope.tasks import NO_MECHANISM, Task
 
 NAN = float("nan")
 
 MEASURE_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "full_loss", "full_acc",
                    "restricted_loss", "restricted_loss_test", "excluded_loss", "test_restricted_ratio",
-                   "sum_sq_weights", "gini_W_E", "gini_W_L", "cos_fve")
+                   "sum_sq_weights", "gini_W_E", "gini_W_L", "cos_fve", "group_loss", "group_acc",
+                   "zero_operand_loss", "zero_operand_acc")
 """Columns of ``ProgressMeasures.as_row()`` before the per-frequency ones (excluded_loss_k{k}, cos_coef_k{k})."""
 
 
 @dataclass
 class ProgressMeasures:
-    """Progress measures of one model; NaN where undefined (no split, or an op other than "add").
+    """Progress measures of one model; NaN where undefined (no split, an op without a group, or no
+    input outside the group for the zero-operand columns). ``basis`` names the Fourier basis used
+    ("" when none fits the operation).
 
     ``excluded_by_freq`` and ``cos_coefs`` are keyed by frequency; ``as_row()`` flattens everything into
     the table columns of ``MEASURE_COLUMNS`` plus ``excluded_loss_k{k}`` and ``cos_coef_k{k}``.
@@ -76,6 +88,11 @@ class ProgressMeasures:
     gini_W_E: float = NAN
     gini_W_L: float = NAN
     cos_fve: float = NAN
+    group_loss: float = NAN
+    group_acc: float = NAN
+    zero_operand_loss: float = NAN
+    zero_operand_acc: float = NAN
+    basis: str = ""
     excluded_by_freq: dict[int, float] = field(default_factory=dict)
     cos_coefs: dict[int, float] = field(default_factory=dict)
     key_freqs: list[int] = field(default_factory=list)
@@ -140,34 +157,59 @@ def logit_measures(logits: Float[Tensor, "n_inputs d_vocab_out"], task: Task, fr
         m.train_loss, m.train_acc = _mean(losses, train), _mean(correct, train)
         m.test_loss, m.test_acc = _mean(losses, test), _mean(correct, test)
 
-    if task.op != "add":
-        m.notes.append(f"restricted / excluded losses and the cos(w(a+b-c)) fit use the directions "
-                       f"cos/sin(w_k(a+b)) of op 'add'; they are NaN for op {task.op!r}")
+    group = task.group
+    if group is None:
+        m.notes.append("restricted / excluded losses, the cos fit and the Fourier Gini are NaN: "
+                       + NO_MECHANISM.format(op=task.op))
         return m
+    N = group.N
+    m.basis = group.name
+    rows, outside = task.group_rows(group), task.outside_rows(group)
+    if outside.numel():
+        m.zero_operand_loss, m.zero_operand_acc = _mean(losses[outside], None), _mean(correct[outside], None)
+    G = L[rows][:, group.elements()]                      # (N^2, N) in group coordinates
+    u, v = torch.arange(N).repeat_interleave(N), torch.arange(N).repeat(N)
+    glabels = (u + v) % N
+    group_losses = _row_losses(G, glabels)
+    m.group_loss, m.group_acc = _mean(group_losses, None), _mean((G.argmax(-1) == glabels).double(), None)
+    gtrain = gtest = None
+    if train is not None:
+        in_train = torch.zeros(n, dtype=torch.bool)
+        in_train[train] = True
+        gtrain, gtest = in_train[rows].nonzero().squeeze(1), (~in_train[rows]).nonzero().squeeze(1)
     if not freqs:
         m.notes.append("no key frequencies: restricted loss uses the per-class mean only, excluded = full")
-    D = key_directions(p, freqs)                          # (2K, p^2), orthonormal rows
-    coefs = D @ L                                         # (2K, p): coordinates of each class column
+    D = key_directions(N, freqs)                          # (2K, N^2), orthonormal rows (1 for the sign)
+    spans, offset = [], 0
+    for k in freqs:
+        width = 1 if 2 * k == N else 2
+        spans.append(slice(offset, offset + width))
+        offset += width
+    coefs = D @ G                                         # (2K, N): coordinates of each class column
     projected = D.T @ coefs                               # P_K L
-    restricted = _row_losses(projected + L.mean(dim=0, keepdim=True), labels)
+    restricted = _row_losses(projected + G.mean(dim=0, keepdim=True), glabels)
     m.restricted_loss = _mean(restricted, None)
-    if train is not None:
-        m.restricted_loss_test = _mean(restricted, test)
+    if gtrain is not None:
+        m.restricted_loss_test = _mean(restricted, gtest)
         m.test_restricted_ratio = _ratio(m.test_loss, m.restricted_loss)
-    rows = train if train is not None else torch.arange(n)
-    m.excluded_loss = _mean(_row_losses(L[rows] - projected[rows], labels[rows]), None)
-    for f, k in enumerate(freqs):
-        one = D[2 * f:2 * f + 2, rows].T @ coefs[2 * f:2 * f + 2]
-        m.excluded_by_freq[k] = _mean(_row_losses(L[rows] - one, labels[rows]), None)
+    ex_rows = gtrain if gtrain is not None else torch.arange(N * N)
+    m.excluded_loss = _mean(_row_losses(G[ex_rows] - projected[ex_rows], glabels[ex_rows]), None)
+    for span, k in zip(spans, freqs):
+        one = D[span, ex_rows].T @ coefs[span]
+        m.excluded_by_freq[k] = _mean(_row_losses(G[ex_rows] - one, glabels[ex_rows]), None)
 
-    # <C_k, L> = (1/sqrt p) sum_c [cos(w c) coef_cos[c] + sin(w c) coef_sin[c]] (C_k unit over p^3).
-    c = torch.arange(p, dtype=torch.float64)
-    centred = L - L.mean(dim=1, keepdim=True)
+    # <C_k, L> = (1/sqrt N) sum_m [cos(w m) coef_cos[m] + sin(w m) coef_sin[m]] (C_k unit over N^3);
+    # for the sign frequency C_k = (-1)^(u+v-m) / N^1.5 and the sin term is absent.
+    c = torch.arange(N, dtype=torch.float64)
+    centred = G - G.mean(dim=1, keepdim=True)
     total = float(centred.square().sum())
     explained = 0.0
-    for f, k in enumerate(freqs):
-        angle = 2 * math.pi * k * c / p
-        value = float((torch.cos(angle) * coefs[2 * f] + torch.sin(angle) * coefs[2 * f + 1]).sum()) / math.sqrt(p)
+    for span, k in zip(spans, freqs):
+        angle = 2 * math.pi * k * c / N
+        terms = torch.cos(angle) * coefs[span.start]
+        if span.stop - span.start == 2:
+            terms = terms + torch.sin(angle) * coefs[span.start + 1]
+        value = float(terms.sum()) / math.sqrt(N)
         m.cos_coefs[k] = value
         explained += value * value
     m.cos_fve = explained / total if total > 0 else NAN
@@ -194,13 +236,16 @@ def _split_rows(train_indices: Tensor | None, n: int) -> tuple[Tensor | None, Te
 
 def weight_measures(model: HookedTransformer, task: Task, basis: FourierBasis | None = None
                     ) -> dict[str, float]:
-    """sum_sq_weights (every parameter), gini_W_E and gini_W_L over the p - 1 non-constant components."""
-    basis = fourier_basis(task.p) if basis is None else basis
+    """sum_sq_weights (every parameter), gini_W_E and gini_W_L over the N - 1 non-constant components
+    of the task's basis (NaN for operations without a group)."""
     with torch.no_grad():
         sum_sq = sum(float(t.detach().double().square().sum()) for t in backend.weights(model).values())
+        if task.group is None:
+            return {"sum_sq_weights": sum_sq, "gini_W_E": NAN, "gini_W_L": NAN}
+        basis = task_basis(task) if basis is None else basis
         nonconst = basis.nonconstant_rows()
-        norms_e = component_norms(token_embeddings(model, task, "a"), basis)[nonconst]
-        norms_l = component_norms(neuron_logit_map(model, task).T, basis)[nonconst]
+        norms_e = component_norms(group_embeddings(model, task, "a"), basis)[nonconst]
+        norms_l = component_norms(group_logit_map(model, task).T, basis)[nonconst]
     return {"sum_sq_weights": sum_sq, "gini_W_E": gini(norms_e), "gini_W_L": gini(norms_l)}
 
 
@@ -217,9 +262,9 @@ def progress_measures(model: HookedTransformer, task: Task, key_freqs: KeyFreque
         train_indices: the run's train rows; without them train/test columns are NaN and the
             excluded loss uses all rows.
         logits: the read-out logits if already computed (``models.final_logits``), to skip the pass.
-        basis: a prebuilt ``fourier_basis(task.p)`` to reuse across checkpoints.
+        basis: a prebuilt ``task_basis(task)`` to reuse across checkpoints.
     """
-    freqs = as_freq_list(key_freqs, task.p)
+    freqs = as_freq_list(key_freqs, task.group.N if task.group is not None else task.p)
     if logits is None:
         with torch.no_grad():
             logits = final_logits(model, task.tokens())

@@ -18,6 +18,16 @@ reported in ``Phases.method`` (the words stored with every result):
 - cleanup_end_step: the end of the test-loss drop. The first step at or after grokking_step where the
   log test loss has covered ``SETTLED`` (90%) of its fall from that peak to its lowest value.
 
+Where a table has losses but no accuracies (the training curves some files keep, e.g. [N23]'s
+``train_losses`` and ``test_losses`` per epoch), memorization_step and grokking_step use the loss
+instead: the first step with mean cross-entropy <= ``LOSS_FOR_ACCURACY`` = 0.01 ln 2. That loss
+guarantees 99% accuracy (an input whose loss is below ln 2 has its correct class above 1/2, hence on
+top, and by Markov's inequality at most loss / ln 2 of the inputs are not), so the step found is
+at or after the first one with 99% accuracy; ``method`` says so.
+
+A single checkpoint has no history: ``unavailable(reason)`` reports every boundary as not available
+(``available`` False) rather than reading one row as a run.
+
 A boundary that cannot be detected is None (a run that never groks has no grokking step, no
 cleanup, and no circuit-formation end), with the reason in ``notes``.
 
@@ -46,6 +56,9 @@ DROP = 2.0
 SETTLED = 0.9
 """Cleanup ends once this fraction of the log test loss's fall (peak to lowest) is done."""
 
+LOSS_FOR_ACCURACY = 0.01 * math.log(2)
+"""Mean cross-entropy at or below which accuracy is at least ACCURACY (see the module docstring)."""
+
 TINY = 1e-300
 """Losses are clamped to this before taking logs (a float64 loss can underflow to 0)."""
 
@@ -63,10 +76,23 @@ class Phases:
     method: dict[str, str] = field(default_factory=dict)
     grokked: bool = False
     notes: list[str] = field(default_factory=list)
+    available: bool = True
+    source: str = "checkpoints"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of every field."""
         return asdict(self)
+
+
+def unavailable(reason: str) -> Phases:
+    """Phases of something without a history (one checkpoint, no curves): none available, and why.
+
+    >>> phases = unavailable("a single checkpoint and no training curves")
+    >>> phases.available, phases.grokking_step, phases.method["phases"]
+    (False, None, 'not available: a single checkpoint and no training curves')
+    """
+    return Phases(method={"phases": f"not available: {reason}"}, notes=[f"phases not available: {reason}"],
+                  available=False, source="none")
 
 
 def _column(table: dict[str, list], name: str, order: list[int]) -> list[float] | None:
@@ -96,6 +122,21 @@ def _argbest(values: list[float], lo: int, hi: int, largest: bool) -> int | None
     return best
 
 
+def _reached(table: dict[str, list], order: list[int], steps: list[int], accuracies: tuple[str, ...],
+             loss_name: str) -> tuple[int | None, str]:
+    """(index of the first row that reaches 99% accuracy, the rule used); the loss bound without accuracies."""
+    for name in accuracies:
+        values = _column(table, name, order)
+        if values is not None:
+            return _first(steps, values, ACCURACY), f"first step with {name} >= {ACCURACY}"
+    loss = _column(table, loss_name, order)
+    if loss is None:
+        return None, "none"
+    index = next((i for i, v in enumerate(loss) if v <= LOSS_FOR_ACCURACY), None)
+    return index, (f"first step with {loss_name} <= 0.01 ln 2 = {LOSS_FOR_ACCURACY:.5f} (no accuracy recorded; "
+                   f"this loss guarantees accuracy >= {ACCURACY}, so the step is at or after the first with it)")
+
+
 def find_phases(table: dict[str, list]) -> Phases:
     """Memorisation, circuit formation, cleanup and grokking steps from a table of measures.
 
@@ -116,22 +157,17 @@ def find_phases(table: dict[str, list]) -> Phases:
         notes.append("empty table")
         return phases
 
-    train_acc = _column(table, "train_acc", order)
-    mem = _first(steps, train_acc, ACCURACY) if train_acc else None
-    method["memorization_step"] = f"first step with train_acc >= {ACCURACY}"
+    mem, rule = _reached(table, order, steps, ("train_acc",), "train_loss")
+    method["memorization_step"] = rule
     if mem is None:
-        notes.append("train accuracy never reaches 0.99" if train_acc else "no train_acc column (split unknown)")
+        notes.append(f"{rule}: never reached" if rule != "none" else "no train_acc column (split unknown)")
     else:
         phases.memorization_step = steps[mem]
 
-    test_acc, acc_name = _column(table, "test_acc", order), "test_acc"
-    if test_acc is None:
-        test_acc, acc_name = _column(table, "full_acc", order), "full_acc"
-    grok = _first(steps, test_acc, ACCURACY) if test_acc else None
-    method["grokking_step"] = f"first step with {acc_name} >= {ACCURACY}"
+    grok, rule = _reached(table, order, steps, ("test_acc", "full_acc"), "test_loss")
+    method["grokking_step"] = rule
     if grok is None:
-        notes.append(f"{acc_name} never reaches {ACCURACY}: the run did not grok" if test_acc
-                     else "no accuracy column")
+        notes.append(f"{rule}: never reached, the run did not grok" if rule != "none" else "no accuracy column")
     else:
         phases.grokking_step, phases.grokked = steps[grok], True
 

@@ -1,5 +1,9 @@
 """Clock and pizza logit templates [Z23]: how much of a circle's logits each algorithm explains.
 
+Everything runs in group coordinates (``Task.group``): a, b, c below are u = phi(a), v = sign_b phi(b),
+m = phi(c) of Z_N, so for sub the clock template is cos(w(a - b - c)) and the pizza's distance
+factor |cos(w(a + b)/2)|; for mul and div they are functions of the discrete logs.
+
 A circle of the embedding (two principal components, frequency k, w = 2 pi k / p) is isolated the
 way [Z23] does it: every operand row of W_E is replaced by the mean row plus its projection on the
 circle, and the model is run over the whole grid. Its logits L[a, b, c] are compared with
@@ -32,8 +36,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from grokscope import backend
 from grokscope.circles import circle_plane
 from grokscope.errors import GrokscopeError
+from grokscope.grid_forward import stacked_grid_logits, supports, task_rows_in_square
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.tasks import Task
 
@@ -56,6 +62,47 @@ def _factors(kind: str, p: int, freq: int, phases: Tensor) -> tuple[Tensor, Tens
     raise GrokscopeError(f"template {kind!r}", expected=f"one of {TEMPLATES}", where="template_fve")
 
 
+class _CircleLogits:
+    """What every template's FVE needs from one circle's logits, computed once.
+
+    ``by_x[a, b, x] = L[a, b, (a + b - x) mod p]`` turns sum_c L g(a + b - c) into one matrix product
+    for all templates; the means and spreads of L and of its centred part are shared too.
+    """
+
+    def __init__(self, logits: Float[Tensor, "p p p"]):
+        p = logits.shape[0]
+        L = logits.double()
+        a = torch.arange(p)
+        self.p = p
+        self.d = ((a[:, None] - a[None]) % p).flatten()
+        x = ((a[:, None] + a[None])[:, :, None] - a[None, None]) % p
+        self.by_x = L.gather(2, x).reshape(p * p, p)                  # column x holds c = a + b - x
+        self.sums = L.sum(-1).flatten()
+        self.mean = L.mean()
+        self.std = L.std(unbiased=False)
+        L_c = L - L.mean(dim=(0, 1), keepdim=True) - L.mean(dim=2, keepdim=True) + self.mean
+        self.rms_c = L_c.pow(2).mean().sqrt()
+
+    def fve(self, kind: str, freq: int, fit_phase: bool = False) -> tuple[float, float, float]:
+        p = self.p
+        phases = torch.arange(N_PHASES, dtype=torch.float64) * (2 * math.pi / N_PHASES) if fit_phase \
+            else torch.zeros(1, dtype=torch.float64)
+        f, g = _factors(kind, p, freq, phases)
+        per_input = self.by_x @ g                                    # sum_c L g(a+b-c)
+        per_input_c = per_input - g.mean() * self.sums               # the same with g centred
+        by_d = torch.zeros(p, dtype=torch.float64).index_add_(0, self.d, per_input)
+        by_d_c = torch.zeros(p, dtype=torch.float64).index_add_(0, self.d, per_input_c)
+        n = p**3
+        std_c = self.rms_c * (f.pow(2).mean(1) * (g - g.mean()).pow(2).mean()).sqrt()
+        rho_c = (f @ by_d_c / n) / std_c.clamp_min(1e-300)
+        best = int(rho_c.argmax())
+        f_best = f[best]
+        mean_t = f_best.mean() * g.mean()
+        std_t = (f_best.pow(2).mean() * g.pow(2).mean() - mean_t**2).clamp_min(0).sqrt()
+        rho = (f_best @ by_d / n - self.mean * mean_t) / (self.std * std_t).clamp_min(1e-300)
+        return float(2 * rho - 1), float(2 * rho_c[best] - 1), float(phases[best])
+
+
 def template_fve(logits: Float[Tensor, "p p p"], kind: str, freq: int, *,
                  fit_phase: bool = False) -> tuple[float, float, float]:
     """(fve, fve_centred, phase) of ``logits[a, b, c]`` under the ``kind`` template at ``freq`` [Z23].
@@ -66,28 +113,7 @@ def template_fve(logits: Float[Tensor, "p p p"], kind: str, freq: int, *,
     ``fit_phase`` (separate a and b embeddings, diff_vocab) the b circle's relative phase in f(d)
     is chosen on a 1-degree grid to maximise the centred FVE; otherwise it is 0.
     """
-    p = logits.shape[0]
-    L = logits.double()
-    a = torch.arange(p)
-    d = (a[:, None] - a[None]) % p
-    x = ((a[:, None] + a[None])[:, :, None] - a[None, None]) % p
-    phases = torch.arange(N_PHASES, dtype=torch.float64) * (2 * math.pi / N_PHASES) if fit_phase \
-        else torch.zeros(1, dtype=torch.float64)
-    f, g = _factors(kind, p, freq, phases)
-    per_input = (L * g[x]).sum(-1)                                   # sum_c L g(a+b-c)
-    per_input_c = per_input - g.mean() * L.sum(-1)                   # the same with g centred
-    by_d = torch.zeros(p, dtype=torch.float64).index_add_(0, d.flatten(), per_input.flatten())
-    by_d_c = torch.zeros(p, dtype=torch.float64).index_add_(0, d.flatten(), per_input_c.flatten())
-    n = p**3
-    L_c = L - L.mean(dim=(0, 1), keepdim=True) - L.mean(dim=2, keepdim=True) + L.mean()
-    std_c = L_c.pow(2).mean().sqrt() * (f.pow(2).mean(1) * (g - g.mean()).pow(2).mean()).sqrt()
-    rho_c = (f @ by_d_c / n) / std_c.clamp_min(1e-300)
-    best = int(rho_c.argmax())
-    f_best = f[best]
-    mean_t = f_best.mean() * g.mean()
-    std_t = (f_best.pow(2).mean() * g.pow(2).mean() - mean_t**2).clamp_min(0).sqrt()
-    rho = (f_best @ by_d / n - L.mean() * mean_t) / (L.std(unbiased=False) * std_t).clamp_min(1e-300)
-    return float(2 * rho - 1), float(2 * rho_c[best] - 1), float(phases[best])
+    return _CircleLogits(logits).fve(kind, freq, fit_phase)
 
 
 def circle_fve(logits: Float[Tensor, "p p p"], freq: int, base_freq: int | None = None, *,
@@ -95,34 +121,46 @@ def circle_fve(logits: Float[Tensor, "p p p"], freq: int, base_freq: int | None 
     """Clock and pizza FVE of one isolated circle (and accompanying FVE at ``base_freq`` if given).
 
     Returns (paper convention, centred, the pizza template's b phase)."""
+    prepared = _CircleLogits(logits)
     paper, centred = {}, {}
-    paper["clock"], centred["clock"], _ = template_fve(logits, "clock", freq)
-    paper["pizza"], centred["pizza"], phase = template_fve(logits, "pizza", freq, fit_phase=fit_phase)
+    paper["clock"], centred["clock"], _ = prepared.fve("clock", freq)
+    paper["pizza"], centred["pizza"], phase = prepared.fve("pizza", freq, fit_phase)
     if base_freq is not None:
-        paper["accompanying"], centred["accompanying"], _ = template_fve(logits, "accompanying", base_freq,
-                                                                        fit_phase=fit_phase)
+        paper["accompanying"], centred["accompanying"], _ = prepared.fve("accompanying", base_freq, fit_phase)
     return paper, centred, phase
 
 
 def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Tensor], freqs: list[int],
                            mean: Float[Tensor, "d_model"]) -> Float[Tensor, "n_circles p p p"]:
-    """Grid logits with each circle isolated in the embedding, all circles in one batched forward pass.
+    """Group-grid logits with each circle isolated in the embedding, all circles in one batched pass.
 
-    ``planes[i]`` (p, d_model) is the operand-a rows' projection on circle i (scores @ components),
-    ``mean`` the mean a row. With diff_vocab the b rows become their mean plus their own Fourier
-    component at ``freqs[i]``; other rows (``=``) are kept. The model is not modified: the stacked
-    embedding tables replace W_E inside ``final_logits`` only.
+    ``planes[i]`` (N, d_model) is the operand-a rows' projection on circle i, rows in group order
+    (``fourier.group_embeddings``), ``mean`` the mean a row. With diff_vocab the b rows (in b's group
+    order) become their mean plus their own Fourier component at ``freqs[i]``; other rows (``=``, and
+    tokens outside the group) are kept. Returns L[i, u, v, m] in group coordinates (``Task.group_rows``,
+    class phi^-1(m)). The model is not modified: the stacked embedding tables replace W_E inside
+    the forward only.
     """
-    p, W_E = task.p, model.W_E.detach()
+    group = task.group
+    if group is None:
+        raise GrokscopeError(f"op {task.op!r}", expected="an operation with a group (add, sub, mul, div)",
+                             where="isolated_circle_logits")
+    N, W_E = group.N, backend.weights(model)["embed.W_E"].detach()
+    a_ids, b_ids = group.elements(), group.b_values() + task.b_offset
     tables = []
     for plane, freq in zip(planes, freqs):
         table = W_E.double().clone()
-        table[:p] = mean + plane
+        table[a_ids] = mean + plane
         if task.diff_vocab:
-            rows_b = table[p : 2 * p]
-            table[p : 2 * p] = rows_b.mean(0) + circle_plane(rows_b, freq)
+            rows_b = table[b_ids]
+            table[b_ids] = rows_b.mean(0) + circle_plane(rows_b, freq)
         tables.append(table.to(W_E.dtype))
-    tokens = torch.cat([task.tokens() + i * W_E.shape[0] for i in range(len(tables))])
+    rows = task.group_rows(group)
     with torch.no_grad():
-        logits = final_logits(model, tokens, weights={"embed.W_E": torch.cat(tables)})
-    return logits[:, :p].reshape(len(tables), p, p, p)
+        if supports(model):  # per-token tables (grokscope.grid_forward): about 4x less work
+            grid = stacked_grid_logits(model, task, torch.stack(tables))
+            logits = grid[:, task_rows_in_square(task)[rows]].reshape(-1, grid.shape[-1])
+        else:
+            tokens = torch.cat([task.tokens()[rows] + i * W_E.shape[0] for i in range(len(tables))])
+            logits = final_logits(model, tokens, weights={"embed.W_E": torch.cat(tables)})
+    return logits[:, a_ids].reshape(len(tables), N, N, N)

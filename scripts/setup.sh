@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 case "${TL_LINE:-3}" in
-  3) VENV=.venv; TL_SPEC="transformer-lens>=3,<4"; EXTRAS="test,docs" ;;
+  3) VENV=.venv; TL_SPEC="transformer-lens>=3,<4"; EXTRAS="test,docs,ray" ;;
   4) VENV=.venv-tl4; TL_SPEC="transformer-lens>=4.3,<5"; EXTRAS="test" ;;
   *) echo "scripts/setup.sh: found TL_LINE=${TL_LINE}; expected 3 or 4" >&2; exit 2 ;;
 esac

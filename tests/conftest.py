@@ -29,3 +29,12 @@ def tiny_run_dir(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     train(tiny_config, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for the whole test session; skipped where ray is not installed."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

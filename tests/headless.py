@@ -3,8 +3,10 @@
 ``inspect_page(html)`` injects a small probe at the top of the page that records console errors,
 uncaught exceptions, unhandled promise rejections and failed resource loads, and, after the load event,
 every resource the page fetched and, for each ``div.gs-plot``, whether plotly drew it (an
-``svg.main-svg``) and how many traces. chromium's ``--dump-dom`` then prints the DOM, which carries
-those records back, and the plot divs are checked again in the dumped DOM itself.
+``svg.main-svg``) and how many traces, and the layout: the viewport and page widths and, for each
+``div.scroll`` box, its content and visible widths. chromium's ``--dump-dom`` then prints the DOM,
+which carries those records back, and the plot divs are checked again in the dumped DOM itself.
+``screenshot(html, browser, png)`` saves what a reader sees at a given window size.
 """
 
 import html
@@ -36,6 +38,9 @@ return {id:el.id,svg:el.querySelectorAll('svg.main-svg').length,traces:(el.data|
 drawn:el.querySelectorAll('g.trace, g.imagelayer image, g.hm image').length};});
 put('gs-probe-plots',plots);
 put('gs-probe-resources',performance.getEntriesByType('resource').map(function(r){return r.name;}));
+put('gs-probe-layout',{viewport:window.innerWidth,page:document.documentElement.scrollWidth,
+boxes:Array.prototype.map.call(document.querySelectorAll('div.scroll'),function(el){
+var s=el.closest('section');return {section:s?s.id:null,scroll:el.scrollWidth,client:el.clientWidth};})});
 put('gs-probe-errors',errors);put('gs-probe-done',true);},1000);});
 })();</script>"""
 
@@ -60,6 +65,7 @@ class PageResult:
     resources: list[str]
     plots: list[dict]
     svg_divs: dict[str, int] = field(default_factory=dict)
+    layout: dict = field(default_factory=dict)
 
 
 class _PlotDivs(HTMLParser):
@@ -94,18 +100,24 @@ def _record(dom: str, element_id: str):
     return json.loads(html.unescape(match.group(1)))
 
 
-def inspect_page(page: str, browser: str, *, timeout: float = 180.0) -> PageResult:
-    """Load ``page`` (HTML text) from a file:// URL in headless ``browser`` and collect the records."""
+def _command(browser: str, folder: Path, width: int, height: int) -> list[str]:
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={folder / 'profile'}", "--hide-scrollbars",
+            f"--window-size={width},{height}", "--virtual-time-budget=10000", "--enable-logging=stderr",
+            "--v=0"]
+
+
+def inspect_page(page: str, browser: str, *, width: int = 1400, height: int = 900,
+                 timeout: float = 180.0) -> PageResult:
+    """Load ``page`` (HTML text) from a file:// URL in headless ``browser``, in a window of
+    ``width`` x ``height`` CSS pixels, and collect the records."""
     probed = page.replace("<head>", "<head>" + PROBE, 1)
     assert probed != page, "the page has no <head> to put the probe in"
     with tempfile.TemporaryDirectory(prefix="gs-browser-") as folder:
         html_path = Path(folder) / "page.html"
         html_path.write_text(probed, encoding="utf-8")
-        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                   "--disable-dev-shm-usage", f"--user-data-dir={Path(folder) / 'profile'}",
-                   "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0",
-                   "--dump-dom", html_path.as_uri()]
+        command = _command(browser, Path(folder), width, height) + ["--dump-dom", html_path.as_uri()]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     dom = proc.stdout
     parser = _PlotDivs()
@@ -113,7 +125,21 @@ def inspect_page(page: str, browser: str, *, timeout: float = 180.0) -> PageResu
     return PageResult(dom=dom, stderr=proc.stderr, done=bool(_record(dom, "gs-probe-done")),
                       errors=_record(dom, "gs-probe-errors") or [],
                       resources=_record(dom, "gs-probe-resources") or [],
-                      plots=_record(dom, "gs-probe-plots") or [], svg_divs=parser.counts)
+                      plots=_record(dom, "gs-probe-plots") or [], svg_divs=parser.counts,
+                      layout=_record(dom, "gs-probe-layout") or {})
+
+
+def screenshot(page: str, browser: str, png: str | Path, *, width: int = 1400, height: int = 2000,
+               timeout: float = 180.0) -> Path:
+    """Save a PNG of the top ``height`` pixels of ``page`` in a ``width``-pixel-wide window."""
+    png = Path(png).resolve()
+    with tempfile.TemporaryDirectory(prefix="gs-browser-") as folder:
+        html_path = Path(folder) / "page.html"
+        html_path.write_text(page, encoding="utf-8")
+        command = _command(browser, Path(folder), width, height) + [f"--screenshot={png}", html_path.as_uri()]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert png.is_file(), f"no screenshot written: {proc.stderr[-2000:]}"
+    return png
 
 
 def console_errors_in_log(stderr: str) -> list[str]:

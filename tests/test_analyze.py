@@ -41,7 +41,9 @@ def test_single_clock_model_without_split(task, freqs):
     assert row["restricted_loss"] <= row["full_loss"] * (1 + 1e-5) and row["full_loss"] < 1e-5
     assert row["excluded_loss"] == pytest.approx(math.log(task.p), abs=1e-3)
     assert all(math.isnan(row[c]) for c in ("train_loss", "test_loss", "train_acc", "test_acc"))
-    assert result.phases.grokking_step == 500 and result.phases.memorization_step is None
+    # One checkpoint and no curves: no history, so no phases (not "grokking at step 500").
+    assert not result.phases.available and result.phases.grokking_step is None
+    assert result.phases.memorization_step is None and "not available" in result.phases.method["phases"]
     assert result.classification == ("clock", task.p)
     assert result.final_extras == {"d_mlp": len(freqs) * task.p ** 2}
     assert any(note.startswith("bad: ") for note in result.notes)
@@ -91,19 +93,22 @@ def test_skipped_checkpoints_and_unreadable_final():
     assert result.key_freqs.freqs == [3, 8]          # from step 20, the last readable checkpoint
     assert [entry["path"] for entry in result.skipped] == ["mem/step_10", "mem/step_30"]
     assert "damaged" in result.skipped[0]["error"]
-    nothing = analyze(memory_run(task, lambda i: state, steps=[0], cfg=clock.cfg, fail={0}), classify=None)
-    assert nothing.steps == [] and nothing.final_row == {} and "no readable checkpoint" in nothing.notes
+    with pytest.raises(GrokscopeError, match=r"^mem: found no readable checkpoint among 2 \(first: mem/step_0: "
+                                             r"checkpoint 0 is damaged\); expected at least one readable checkpoint$"):
+        analyze(memory_run(task, lambda i: state, steps=[0, 10], cfg=clock.cfg, fail={0, 1}), classify=None)
+    with pytest.raises(GrokscopeError, match=r"^mem/step_0: checkpoint 0 is damaged$"):  # one model: its own error
+        analyze(memory_run(task, lambda i: state, steps=[0], cfg=clock.cfg, fail={0}), classify=None)
 
 
-def test_other_operations_are_analysed_with_a_note():
-    task = Task(p=23, op="mul")
+def test_operations_without_a_group_are_analysed_with_a_note():
+    task = Task(p=23, op="a^2+b^2")
     model = random_model(task, 0, d_model=32, d_mlp=64)
     state = parameter_state_dict(model)
     run = memory_run(task, lambda i: state, steps=[0], cfg=model.cfg, train_indices=task.split(0.5, 0))
     result = analyze(run, classify=None)
     row = result.final_row
     assert math.isfinite(row["train_loss"]) and math.isnan(row["restricted_loss"])
-    assert any("'mul'" in note for note in result.notes)
+    assert any("'a^2+b^2'" in note and "not defined" in note for note in result.notes)
 
 
 def test_views_of_a_result():
@@ -124,7 +129,7 @@ def test_views_of_a_result():
     assert result.final_row["step"] == 70
     titles = [title for title, _ in result.figures()]
     assert titles == ["Loss and accuracy", "Restricted and excluded loss", "Sparsity and weight norm",
-                      "Embedding Fourier norms", "Neuron frequency clusters", "Embedding circles",
+                      "Train-only measures", "Embedding Fourier norms", "Neuron frequency clusters", "Embedding circles",
                       "Correct-class logit over (a+b, a-b)"]
     view = result.final_extras["views"]
     assert sorted(int(k) for k in view["embedding_norms"].argsort()[-2:] + 1) == [3, 8]

@@ -217,7 +217,7 @@ def test_classification_object():
     assert json.loads(json.dumps(result.to_dict()))["circles"][0]["label"] == "pizza"
 
 
-def test_non_addition_is_refused():
-    task = Task(p=23, op="mul")
-    with pytest.raises(GrokscopeError, match="modular addition"):
+def test_operations_without_a_group_are_refused():
+    task = Task(p=23, op="a^3+ab")
+    with pytest.raises(GrokscopeError, match="not defined"):
         classify(random_model(task, seed=0), task)

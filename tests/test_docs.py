@@ -10,8 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-API_MODULES = ("tasks", "models", "constructions", "train", "formats", "fourier", "measures", "phases",
-               "signatures", "classify", "analyze", "plots", "report")
+API_MODULES = ("tasks", "models", "constructions", "recipes", "training", "engine", "sweep_spec", "sweep_runner",
+               "formats", "fourier", "measures", "phases", "algorithm_signatures", "classifier", "analysis", "plots",
+               "plots.curves", "plots.evidence", "report", "progress", "monitor", "pathways")
 
 
 def nav_pages(nav) -> list[str]:
@@ -59,7 +60,9 @@ def test_api_reference_renders_module(site, module):
 
 @pytest.mark.parametrize("name", ["grokscope.measures.progress_measures", "grokscope.analysis.analyze",
                                   "grokscope.classifier.classify", "grokscope.fourier.key_frequencies",
-                                  "grokscope.formats.load_run", "grokscope.training.TrainConfig"])
+                                  "grokscope.formats.load_run", "grokscope.recipes.TrainConfig",
+                                  "grokscope.plots.curves.loss_curves", "grokscope.plots.evidence.embedding_circles",
+                                  "grokscope.plots.standard_figures", "grokscope.progress.progress_bar"])
 def test_api_reference_renders_public_names(site, name):
     assert f'id="{name}"' in (site / "api" / "index.html").read_text()
 

@@ -14,6 +14,7 @@ from grokscope import checkpoints as ck
 from grokscope.errors import GrokscopeError
 from grokscope.formats import native
 from grokscope.models import build_model, parameter_state_dict
+from grokscope.monitor import LOG_MONITOR_COLUMNS
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def run_copy(tmp_path, tiny_run_dir):
 
 def test_files_of_a_finished_run(tiny_run_dir, tiny_config):
     names = sorted(entry.name for entry in tiny_run_dir.iterdir())
-    assert names == [ck.CHECKPOINT_DIR, ck.LOG_CSV, ck.RUN_JSON, ck.SPLIT_FILE]  # resume state removed
+    assert names == [ck.CHECKPOINT_DIR, ck.LOG_CSV, ck.RUN_JSON, ck.SPLIT_FILE]  # resume state and lock removed
     files = sorted(entry.name for entry in (tiny_run_dir / ck.CHECKPOINT_DIR).iterdir())
     assert files == [f"step_{step:07d}.safetensors" for step in tiny_config.checkpoint_steps()]
     meta = json.loads((tiny_run_dir / ck.RUN_JSON).read_text())
@@ -52,7 +53,8 @@ def test_read_a_run(tiny_run_dir, tiny_config):
     assert run.checkpoint_paths[3] == str(tiny_run_dir / ck.CHECKPOINT_DIR / ck.checkpoint_filename(run.steps[3]))
     assert torch.equal(run.train_indices, tiny_config.train_indices())
     assert run.log["step"] == list(range(0, 61, 5))
-    assert set(run.log) == set(ck.LOG_COLUMNS)
+    assert list(run.log)[:len(ck.LOG_COLUMNS)] == list(ck.LOG_COLUMNS)
+    assert set(run.log) - set(ck.LOG_COLUMNS) == set(LOG_MONITOR_COLUMNS)
     assert run.config == json.loads((tiny_run_dir / ck.RUN_JSON).read_text())
     assert (run.cfg.d_model, run.cfg.d_vocab, run.cfg.d_vocab_out, run.cfg.n_ctx) == (16, 14, 13, 3)
     final = parameter_state_dict(run.model(-1))

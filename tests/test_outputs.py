@@ -72,7 +72,9 @@ def test_summary_fields_from_the_result(result):
     summary = summary_dict(result)
     assert summary["task"]["p"] == 23 and summary["task"]["n_ctx"] == 3 and summary["task"]["eq_token"] is True
     assert summary["checkpoints"] == {"count": 8, "steps": TABLE["step"]}
-    assert summary["key_frequencies"] == {"freqs": KEY_FREQS, "rule": "A", "threshold": 0.85}
+    assert summary["key_frequencies"] == {"freqs": KEY_FREQS, "rule": "A", "threshold": 0.85, "basis": None}
+    assert summary["task"]["group"] == {"name": "Z_23", "N": 23, "relabelling": "identity", "generator": None,
+                                        "sign_b": 1}
     phases = summary["phases"]
     assert (phases["memorization_step"], phases["grokking_step"], phases["delay_ratio"]) == (100, 1000, 10.0)
     assert phases["cleanup_end_step"] == 1500  # log test loss 90% of the way down from 6.0 to 5e-4

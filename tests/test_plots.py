@@ -374,3 +374,15 @@ def test_logit_map_of_released_models_reads_back_the_published_di(model_id, di_c
     grid[(a + b) % p, (a - b) % p] = logits[torch.arange(p * p), task.labels()]
     z = np.array(plots.logit_map(grid).data[0].z, dtype=float)
     assert z.std(axis=0).mean() / z.std() == pytest.approx(di_correct, abs=5e-4)
+
+
+def test_every_figure_function_is_importable_from_the_package():
+    """plots/ is split by job (curves over training, evidence of one model); the package still exposes
+    every figure function under its old name, as the same object."""
+    from grokscope.plots import curves, evidence
+
+    for module in (curves, evidence):
+        for name in module.__all__:
+            assert getattr(plots, name) is getattr(module, name), name
+            assert name in plots.__all__, name
+    assert set(curves.__all__).isdisjoint(evidence.__all__)

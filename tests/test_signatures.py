@@ -304,8 +304,8 @@ def test_exact_clock_and_pizza_signatures(task):
 def test_errors():
     task = Task(p=23, eq_token=False)
     model = exact_clock_model(task, [3])
-    with pytest.raises(GrokscopeError, match="modular addition"):
-        signatures(model, Task(p=23, op="mul", eq_token=False))
+    with pytest.raises(GrokscopeError, match="not defined"):
+        signatures(model, Task(p=23, op="a^2+ab+b^2", eq_token=False))
     with pytest.raises(GrokscopeError, match="d_vocab"):
         signatures(model, Task(p=29, eq_token=False))
     with pytest.raises(GrokscopeError, match="n_samples"):

@@ -18,7 +18,7 @@ from grokscope import checkpoints as ck
 from grokscope.cli import PRESET_NAMES, main
 from grokscope.errors import GrokscopeError
 from grokscope.models import build_model, cross_entropy_f64
-from grokscope.training import PRESETS, GrokfastEMA, TrainConfig, summarize, train
+from grokscope.training import PRESETS, TrainConfig, summarize, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,21 +110,6 @@ def test_checkpoint_schedule_is_dense_early_and_complete():
         assert set(range(0, config.epochs + 1, config.checkpoint_every)) <= set(steps)
     assert 50 <= len(PRESETS["fast"].checkpoint_steps()) <= 150
     assert ck.checkpoint_steps(7, every=100, per_decade=0) == [0, 7]
-
-
-# ----- Grokfast -----------------------------------------------------------------------------------
-
-def test_grokfast_ema_follows_its_recurrence():
-    param = torch.nn.Parameter(torch.zeros(2))
-    grokfast = GrokfastEMA({"w": param}, alpha=0.5, lamb=2.0)
-    gradients = [torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])]
-    mu = None
-    for g in gradients:
-        param.grad = g.clone()
-        grokfast.apply()
-        mu = g.clone() if mu is None else 0.5 * mu + 0.5 * g
-        torch.testing.assert_close(param.grad, g + 2.0 * mu, rtol=0, atol=0)
-    torch.testing.assert_close(grokfast.mu["w"], torch.tensor([1.0, 1.5]), rtol=0, atol=0)
 
 
 # ----- small training runs ------------------------------------------------------------------------
@@ -256,7 +241,8 @@ def test_cli_train_prints_a_summary_and_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("grokscope: ") and "epochs = 20 there but 30 here" in err[0]
     assert main(["train", "--out", str(tmp_path / "x"), "--p", "12"]) == 2
-    assert capsys.readouterr().err.strip() == "grokscope: Task: found p = 12; expected an odd prime such as 23, 59 or 113"
+    assert capsys.readouterr().err.strip() == ("grokscope: train: argument --p: found 12, which is not prime; "
+                                               "expected an odd prime such as 23, 59 or 113 (see grokscope train --help)")
 
 
 def test_cli_help_is_fast_and_lists_train():
@@ -324,14 +310,23 @@ class _FakeTerminal(io.StringIO):
 
 
 def test_progress_bar_draws_on_a_terminal_only():
-    from grokscope.progress import Progress
+    from tqdm.auto import tqdm
 
+    from grokscope.progress import progress_bar
+
+    assert isinstance(progress_bar(1, enabled=False), tqdm)  # tqdm.auto: a widget in notebooks
     terminal = _FakeTerminal()
-    with Progress(200, desc="train", initial=50, stream=terminal, min_interval=0.0) as bar:
-        bar.update(100, train_loss=0.012345, test_acc=0.5)
-    assert "train  [############------------] 100/200" in terminal.text
-    assert "train_loss 0.0123  test_acc 0.5" in terminal.text and terminal.text.endswith("\n")
-    quiet = _FakeTerminal()
-    with Progress(10, stream=quiet, enabled=False) as bar:
-        bar.update(5, train_loss=1.0)
-    assert quiet.text == ""
+    with progress_bar(200, desc="train", initial=50, file=terminal, unit="epoch") as bar:
+        bar.set_postfix({"train_loss": 0.012345, "test_acc": 0.5}, refresh=False)
+        bar.update(50)
+        assert not bar.disable and bar.n == 100
+    final = terminal.text.split("\r")[-1]
+    assert final.startswith("train:  50%|") and "| 100/200 [" in final, final
+    assert "epoch/s" in final and "train_loss=0.0123, test_acc=0.5" in final, final
+    assert terminal.text.endswith("\n")
+    for enabled, stream in ((False, _FakeTerminal()), (True, io.StringIO()), (None, io.StringIO())):
+        with progress_bar(10, file=stream, enabled=enabled) as bar:
+            bar.set_postfix(train_loss=1.0)
+            assert bar.disable, (enabled, type(stream))
+            bar.update(5)
+        assert stream.getvalue() == "", (enabled, type(stream))

@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from grokscope.errors import GrokscopeError
+from grokscope.limits import check_model_size
 from grokscope.models import HookedTransformer, HookedTransformerConfig, build_model
 from grokscope.tasks import Task, held_out_mask
 
@@ -51,6 +53,10 @@ class Run:
     checkpoint_paths: list[str] | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
 
+    def __post_init__(self):
+        # Every reader ends here: a model too large to build is refused before any checkpoint loads.
+        check_model_size(self.cfg, where=str(self.source))
+
     def __repr__(self) -> str:
         span = f"steps {self.steps[0]}..{self.steps[-1]}" if self.steps else "no checkpoints"
         return (f"Run({self.format}, p={self.task.p}, op={self.task.op!r}, {len(self.steps)} checkpoints, "
@@ -67,8 +73,15 @@ class Run:
         return i % len(self.steps)
 
     def state_dict(self, i: int = -1) -> dict[str, Tensor]:
-        """The HookedTransformer state dict of checkpoint ``i`` (negative indices count from the end)."""
-        return self.load_state(self._index(i))
+        """The HookedTransformer state dict of checkpoint ``i`` (negative indices count from the end).
+
+        A checkpoint holding NaN or infinite weights raises GrokscopeError naming the file and the
+        tensors: no measure of such a model means anything, so analysis skips it like a damaged file.
+        """
+        index = self._index(i)
+        state = self.load_state(index)
+        check_finite(state, where=self.checkpoint_path(index))
+        return state
 
     def model(self, i: int = -1) -> HookedTransformer:
         """Checkpoint ``i`` as a HookedTransformer in eval mode, with the run's attention rate attached."""
@@ -94,6 +107,29 @@ class Run:
         if self.train_indices is None:
             return None
         return held_out_mask(self.task.n_inputs, self.train_indices).nonzero().squeeze(1)
+
+
+def check_finite(state: dict[str, Tensor], *, where: str) -> None:
+    """Raise GrokscopeError naming the tensors of ``state`` that hold NaN or infinite entries.
+
+    >>> import torch
+    >>> check_finite({"embed.W_E": torch.tensor([1.0, float("nan"), float("inf")])}, where="m.pt")
+    Traceback (most recent call last):
+    ...
+    grokscope.errors.GrokscopeError: m.pt: found non-finite weights: embed.W_E has 1 NaN and 1 infinite of 3 entries; expected finite weights (a diverged or damaged checkpoint)
+    """
+    bad = []
+    for name, tensor in state.items():
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(tensor).sum())
+            bad.append(f"{name} has {nan} NaN and {int((~finite).sum()) - nan} infinite of {tensor.numel()} entries")
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+        raise GrokscopeError(f"non-finite weights: {shown}", expected="finite weights (a diverged or damaged "
+                             "checkpoint)", where=where)
 
 
 def skip_entry(path: str, error: Exception) -> dict[str, str]:

@@ -205,7 +205,11 @@ def _infer_task(n_in: int, n_out: int, n_ctx: int, hints: dict[str, Any], *, whe
         if op is None:
             op = "add"
             inferred["op"] = "add (default: no config states the operation)"
-        return Task(p=p, op=op, eq_token=bool(eq_token), diff_vocab=diff_vocab)
+        try:
+            return Task(p=p, op=op, eq_token=bool(eq_token), diff_vocab=diff_vocab)
+        except GrokscopeError as error:  # e.g. a grid too large for memory: name the file
+            raise GrokscopeError(f"{error.found} (inferred from {source})", expected=error.expected,
+                                 where=where) from None
     raise _refuse(describe, "; ".join(reasons) or "no vocabulary size fits", where)
 
 

@@ -14,15 +14,23 @@ False
 import os
 from pathlib import Path
 
+import torch
+
 from grokscope import checkpoints as ck
 from grokscope.errors import GrokscopeError
+from grokscope.limits import check_model_size
 from grokscope.tasks import Task
 
 FORMAT = "native"
 
 
 def _locate(path: Path) -> tuple[Path, int | None] | None:
-    """(run folder, the one step asked for or None), or None when ``path`` is not in a native run."""
+    """(run folder, the one step asked for or None), or None when ``path`` is not in a native run.
+
+    A folder laid out as a native run (run.json beside split.safetensors or checkpoints/step_*.safetensors)
+    whose run.json is unreadable or lacks the format marker is an error about run.json, never read as
+    some other layout.
+    """
     if path.is_dir():
         if (path / ck.RUN_JSON).is_file():
             root, step = path, None
@@ -42,8 +50,24 @@ def _locate(path: Path) -> tuple[Path, int | None] | None:
     try:
         marker = ck.read_json(root / ck.RUN_JSON).get("format")
     except GrokscopeError:
+        if _laid_out_as_native(root):
+            raise
         return None
-    return (root, step) if marker == ck.FORMAT_NAME else None
+    if marker == ck.FORMAT_NAME:
+        return root, step
+    if _laid_out_as_native(root):
+        raise GrokscopeError(f"format = {marker!r}" if marker is not None else "no 'format' key",
+                             expected=f"format {ck.FORMAT_NAME!r} (the folder holds a grokscope run's files)",
+                             where=str(root / ck.RUN_JSON))
+    return None
+
+
+def _laid_out_as_native(root: Path) -> bool:
+    """Whether ``root`` holds the native run's own files besides run.json (its split or a checkpoint)."""
+    if (root / ck.SPLIT_FILE).is_file():
+        return True
+    folder = root / ck.CHECKPOINT_DIR
+    return folder.is_dir() and any(ck.checkpoint_step(entry.name) is not None for entry in folder.iterdir())
 
 
 def matches(path: str | os.PathLike) -> bool:
@@ -51,19 +75,88 @@ def matches(path: str | os.PathLike) -> bool:
     return _locate(Path(path)) is not None
 
 
-def _model_config(meta: dict, where: Path):
+_MODEL_INTS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx")
+"""Fields of run.json's ``model`` section that must be positive integers."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _task(meta: dict, where: Path) -> Task:
+    section = meta.get("task")
+    expected = "a 'task' object with p (an odd prime), op (a name), eq_token and diff_vocab (true/false)"
+    if not isinstance(section, dict):
+        found = "no 'task' key" if "task" not in meta else f"task = {section!r}"
+        raise GrokscopeError(found, expected=expected, where=str(where))
+    wrong = [f"{name} = {section[name]!r}" for name, ok in (("p", _is_int), ("op", lambda v: isinstance(v, str)),
+                                                              ("eq_token", lambda v: isinstance(v, bool)),
+                                                              ("diff_vocab", lambda v: isinstance(v, bool)))
+             if name in section and not ok(section[name])]
+    if "p" not in section or wrong:
+        raise GrokscopeError("in 'task': " + (", ".join(wrong) if wrong else "no 'p'"), expected=expected,
+                             where=str(where))
+    try:
+        return Task.from_dict(section)
+    except GrokscopeError as error:
+        raise GrokscopeError(f"in 'task': {error.found}", expected=error.expected, where=str(where)) from None
+
+
+def _model_config(meta: dict, task: Task, where: Path):
     from grokscope import backend
 
     model = meta.get("model")
     if not isinstance(model, dict) or "d_model" not in model:
-        raise GrokscopeError("no 'model' section", expected="HookedTransformerConfig fields", where=str(where))
+        found = "no 'model' key" if "model" not in meta else f"model = {str(model)[:60]}"
+        raise GrokscopeError(found, expected="a 'model' object of HookedTransformerConfig fields", where=str(where))
+    wrong = [f"{name} = {model[name]!r}" for name in _MODEL_INTS
+             if name in model and not (_is_int(model[name]) and model[name] >= 1)]
+    if wrong:
+        raise GrokscopeError(f"in 'model': {', '.join(wrong)}", expected="positive integers", where=str(where))
+    fits = {"d_vocab": model.get("d_vocab", task.d_vocab) >= task.d_vocab,
+            "d_vocab_out": model.get("d_vocab_out", task.p) >= task.p,
+            "n_ctx": model.get("n_ctx", task.n_ctx) == task.n_ctx}
+    misfits = [f"{name} = {model[name]}" for name, ok in fits.items() if not ok]
+    if misfits:
+        raise GrokscopeError(f"in 'model': {', '.join(misfits)} for the task {task}",
+                             expected=f"d_vocab >= {task.d_vocab}, d_vocab_out >= {task.p}, n_ctx = {task.n_ctx}",
+                             where=str(where))
     try:
-        return backend.make_config(**model)
+        cfg = backend.make_config(**model)
     except GrokscopeError as error:
         raise GrokscopeError(f"{error.found}", expected=error.expected, where=str(where)) from None
-    except TypeError as error:
+    except (TypeError, ValueError, AssertionError) as error:
         raise GrokscopeError(f"model fields {sorted(model)} ({error})",
                              expected="HookedTransformerConfig fields", where=str(where)) from None
+    check_model_size(cfg, where=str(where))
+    return cfg
+
+
+def _attention_rate(meta: dict, where: Path) -> float:
+    alpha = meta.get("attention_rate", 1.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise GrokscopeError(f"attention_rate = {alpha!r}", expected="a number in [0, 1]", where=str(where))
+    return float(alpha)
+
+
+def _train_indices(path: Path, task: Task):
+    """The split's ``train_indices``: distinct integer rows of the task's grid, checked."""
+    tensors, _ = ck.load_tensors(path)
+    rows = tensors.get("train_indices")
+    if rows is None:
+        raise GrokscopeError(f"tensors {sorted(tensors)}", expected="'train_indices'", where=str(path))
+    if rows.ndim != 1 or rows.is_floating_point() or rows.is_complex() or rows.dtype == torch.bool:
+        raise GrokscopeError(f"train_indices of dtype {rows.dtype} and shape {tuple(rows.shape)}",
+                             expected="a 1-D integer tensor", where=str(path))
+    rows = rows.long()
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= task.n_inputs):
+        raise GrokscopeError(f"train_indices from {int(rows.min())} to {int(rows.max())}",
+                             expected=f"rows of the {task.n_inputs}-row grid of p = {task.p} (0..{task.n_inputs - 1})",
+                             where=str(path))
+    if rows.unique().numel() != rows.numel():
+        raise GrokscopeError(f"{rows.numel() - rows.unique().numel()} repeated train_indices",
+                             expected="distinct rows", where=str(path))
+    return rows
 
 
 def read(path: str | os.PathLike):
@@ -83,12 +176,9 @@ def read(path: str | os.PathLike):
     root, only_step = located
     meta_path = root / ck.RUN_JSON
     meta = ck.read_json(meta_path)
-    try:
-        task = Task.from_dict(meta["task"])
-    except (KeyError, TypeError):
-        raise GrokscopeError("no usable 'task' section", expected="task fields p, op, eq_token, diff_vocab",
-                             where=str(meta_path)) from None
-    cfg = _model_config(meta, meta_path)
+    task = _task(meta, meta_path)
+    cfg = _model_config(meta, task, meta_path)
+    alpha = _attention_rate(meta, meta_path)
 
     checkpoint_dir = root / ck.CHECKPOINT_DIR
     found = []
@@ -107,13 +197,10 @@ def read(path: str | os.PathLike):
     split_path = root / ck.SPLIT_FILE
     train_indices = None
     if split_path.is_file():
-        tensors, _ = ck.load_tensors(split_path)
-        if "train_indices" not in tensors:
-            raise GrokscopeError(f"tensors {sorted(tensors)}", expected="'train_indices'", where=str(split_path))
-        train_indices = tensors["train_indices"].long()
+        train_indices = _train_indices(split_path, task)
     log_path = root / ck.LOG_CSV
     log = ck.read_log(log_path) if log_path.is_file() else None
 
     return Run(task=task, cfg=cfg, steps=[step for step, _ in found], load_state=load_state,
-               source=str(path), format=FORMAT, alpha=float(meta.get("attention_rate", 1.0)),
+               source=str(path), format=FORMAT, alpha=alpha,
                train_indices=train_indices, config=meta, log=log, checkpoint_paths=paths)

@@ -149,8 +149,17 @@ def operation_from_config(config: dict, where: str = "config") -> str:
 
 def task_from_config(config: dict, where: str = "config") -> Task:
     """The Task of a release config: ``funcs`` mod ``C``, tokens [a, b] (+ ``=`` with eqn_sign)."""
-    return Task(p=int(config["C"]), op=operation_from_config(config, where),
-                eq_token=bool(config.get("eqn_sign", False)), diff_vocab=bool(config.get("diff_vocab", False)))
+    p = config.get("C")
+    if isinstance(p, bool) or not isinstance(p, int):
+        raise GrokscopeError(f"C = {p!r}" if "C" in config else "no key 'C'", expected="the modulus C, an odd prime",
+                             where=where)
+    try:
+        return Task(p=p, op=operation_from_config(config, where), eq_token=bool(config.get("eqn_sign", False)),
+                    diff_vocab=bool(config.get("diff_vocab", False)))
+    except GrokscopeError as error:
+        if error.where != "Task":
+            raise
+        raise GrokscopeError(f"C: {error.found}", expected=error.expected, where=where) from None
 
 
 def hooked_config(config: dict, task: Task, where: str = "config") -> HookedTransformerConfig:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from grokscope import backend
 from grokscope.errors import GrokscopeError
+from grokscope.limits import check_safetensors_size
 
 TRUST_HINT = "--trust-pickle (trust_pickle=True) loads it fully, which can run code: only for files you trust"
 
@@ -194,6 +195,7 @@ def load_safetensors(path: str) -> dict[str, Tensor]:
     """All tensors of a safetensors file, on CPU."""
     from safetensors.torch import load_file
 
+    check_safetensors_size(path)  # before any tensor is read
     try:
         return load_file(path, device="cpu")
     except Exception as error:  # noqa: BLE001
@@ -223,6 +225,7 @@ def safetensors_shapes(path: str) -> dict[str, Tensor]:
     """The tensors of a safetensors file as empty "meta" tensors of the right shapes: its header only,
     so a folder of checkpoints can be checked without reading their weights."""
     header = _safetensors_header(path)
+    check_safetensors_size(path)  # a consumer of the shapes would allocate them
     return {name: torch.empty(info["shape"], device="meta") for name, info in header.items()
             if name != "__metadata__"}
 

@@ -1,0 +1,473 @@
+"""The training step for M stacked models of one architecture, on any device.
+
+Every parameter is one tensor with a leading model axis: ``params["blocks.0.mlp.W_in"]`` has shape
+``(M, d_model, d_mlp)``, and the names and trailing shapes are HookedTransformer's, so member m's
+weights are ``{name: t[m]}``, the native checkpoint format. One forward, one backward and one
+optimiser update serve all M members:
+
+- loss = sum over members of each member's own float64 mean cross-entropy over its own train rows
+  (the members' gradients never mix: member m's loss depends only on member m's parameters);
+- AdamW per member: ``p <- p (1 - lr_m wd_m)``, ``m1 <- lerp(m1, g, 1 - b1_m)``,
+  ``m2 <- b2_m m2 + (1 - b2_m) g^2``, ``p <- p - lr_m / (1 - b1_m^t) * m1 / (sqrt(m2 / (1 - b2_m^t)) + eps)``,
+  in the order ``torch.optim.AdamW`` applies them, with each member's own lr, decay and betas;
+- Grokfast-EMA [L24] per member between backward and update: ``mu_0 = g_0``,
+  ``mu_t = a_m mu_{t-1} + (1 - a_m) g_t``, ``g <- g + lam_m mu_t`` (lam_m = 0 leaves g unchanged).
+
+The forward is the read-out of models.final_logits. For one-layer models it uses that the inputs are
+tokens: the residual stream before attention at position i is ``W_E[t_i] + W_pos[i]``, so queries,
+keys and values are per-token tables (vocabulary x heads x d_head, computed once per step) gathered
+per row, and the only products over the batch are the attention output W_O, the MLP and W_U.
+Deeper models run the plain stacked forward.
+
+>>> import torch
+>>> from grokscope import backend
+>>> from grokscope.models import nanda_config, build_model, final_logits
+>>> from grokscope.tasks import Task
+>>> task = Task(p=23)
+>>> models = [build_model(nanda_config(task, d_model=32, seed=s)) for s in (0, 1)]
+>>> arch = Architecture.from_config(models[0].cfg)
+>>> params = stack_parameters([backend.weights(m) for m in models])
+>>> params["blocks.0.mlp.W_in"].shape
+torch.Size([2, 32, 128])
+>>> logits = stacked_logits(params, arch, task.tokens().expand(2, -1, -1), torch.ones(2))
+>>> all(torch.allclose(logits[i], final_logits(models[i], task.tokens()), atol=1e-5) for i in (0, 1))
+True
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from grokscope.errors import GrokscopeError
+
+FROZEN_PARAMETERS = ("b_Q", "b_K", "b_V", "b_O", "b_U")
+"""Name endings of the parameters held fixed (at zero) during training: the recipes train only MLP biases."""
+
+ADAM_EPS = 1e-8
+"""AdamW's epsilon (torch's default, which the recipes use)."""
+
+
+def _gelu_new(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_fast(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": _gelu_new, "gelu_fast": _gelu_fast, "silu": F.silu}
+"""The MLP activations, the same functions as the HookedTransformer's."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shapes every member of a stack shares (the HookedTransformerConfig fields the forward needs).
+
+    >>> Architecture(1, 128, 4, 32, 512, "relu", 114, 113, 3, True).parameter_shapes()["blocks.0.attn.W_Q"]
+    (4, 128, 32)
+    """
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    act_fn: str
+    d_vocab: int
+    d_vocab_out: int
+    n_ctx: int
+    causal: bool
+
+    def __post_init__(self):
+        if self.act_fn not in ACTIVATIONS:
+            raise GrokscopeError(f"act_fn {self.act_fn!r}", expected=f"one of {sorted(ACTIVATIONS)}",
+                                 where="engine.Architecture")
+
+    @classmethod
+    def from_config(cls, cfg) -> "Architecture":
+        """The architecture of a HookedTransformerConfig (no LayerNorm, learned positions, with MLPs)."""
+        if cfg.normalization_type is not None or cfg.positional_embedding_type != "standard" or cfg.attn_only:
+            raise GrokscopeError(
+                f"normalization_type={cfg.normalization_type}, positional_embedding_type="
+                f"{cfg.positional_embedding_type}, attn_only={cfg.attn_only}",
+                expected="a model without LayerNorm, with learned positions and MLPs", where="engine")
+        return cls(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, str(cfg.act_fn).lower(),
+                   cfg.d_vocab, cfg.d_vocab_out, cfg.n_ctx, cfg.attention_dir == "causal")
+
+    @property
+    def attn_scale(self) -> float:
+        """Attention scores are divided by sqrt(d_head), as in the HookedTransformer."""
+        return math.sqrt(self.d_head)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """HookedTransformer parameter names and their shapes (one model, no model axis)."""
+        d, h, e, f = self.d_model, self.n_heads, self.d_head, self.d_mlp
+        shapes = {"embed.W_E": (self.d_vocab, d), "pos_embed.W_pos": (self.n_ctx, d)}
+        for layer in range(self.n_layers):
+            attn, mlp = f"blocks.{layer}.attn", f"blocks.{layer}.mlp"
+            shapes.update({f"{attn}.W_Q": (h, d, e), f"{attn}.W_K": (h, d, e), f"{attn}.W_V": (h, d, e),
+                           f"{attn}.W_O": (h, e, d), f"{attn}.b_Q": (h, e), f"{attn}.b_K": (h, e),
+                           f"{attn}.b_V": (h, e), f"{attn}.b_O": (d,), f"{mlp}.W_in": (d, f),
+                           f"{mlp}.b_in": (f,), f"{mlp}.W_out": (f, d), f"{mlp}.b_out": (d,)})
+        shapes.update({"unembed.W_U": (d, self.d_vocab_out), "unembed.b_U": (self.d_vocab_out,)})
+        return shapes
+
+    def n_parameters(self, trainable_only: bool = False) -> int:
+        """Scalars per member (all, or only those training updates)."""
+        return sum(math.prod(shape) for name, shape in self.parameter_shapes().items()
+                   if not (trainable_only and name.endswith(FROZEN_PARAMETERS)))
+
+
+def stack_parameters(state_dicts: list[dict[str, Tensor]], device: str | torch.device = "cpu"
+                     ) -> dict[str, Tensor]:
+    """Stack M state dicts (HookedTransformer names) along a new leading model axis, float32, on ``device``."""
+    names = list(state_dicts[0])
+    for i, state in enumerate(state_dicts[1:], start=1):
+        if list(state) != names:
+            raise GrokscopeError(f"member {i} with parameters {sorted(set(state) ^ set(names))[:4]} differing",
+                                 expected="the same parameter names in every member", where="stack_parameters")
+    return {name: torch.stack([state[name].detach().float() for state in state_dicts]).to(device)
+            for name in names}
+
+
+def member_state_dict(params: dict[str, Tensor], member: int) -> dict[str, Tensor]:
+    """Member ``member``'s parameters as a contiguous CPU HookedTransformer state dict."""
+    return {name: tensor[member].detach().to("cpu", copy=True).contiguous() for name, tensor in params.items()}
+
+
+# ----- forward ---------------------------------------------------------------------------------
+
+def _gather_rows(table: Tensor, tokens: Tensor) -> Tensor:
+    """``table[m, tokens[m, n]]`` for a table (M, V, ...) and tokens (M, N): shape (M, N, ...)."""
+    n_models, vocab = table.shape[:2]
+    offsets = torch.arange(n_models, device=tokens.device)[:, None] * vocab
+    flat = table.reshape(n_models * vocab, *table.shape[2:])
+    return flat.index_select(0, (tokens + offsets).reshape(-1)).reshape(*tokens.shape, *table.shape[2:])
+
+
+def _mlp_and_unembed(params: dict[str, Tensor], arch: Architecture, layer: int,
+                     resid: Float[Tensor, "M N d_model"]) -> Float[Tensor, "M N d_vocab_out"]:
+    mlp = f"blocks.{layer}.mlp"
+    pre = torch.baddbmm(params[f"{mlp}.b_in"][:, None], resid, params[f"{mlp}.W_in"])
+    post = ACTIVATIONS[arch.act_fn](pre)
+    resid = resid + torch.baddbmm(params[f"{mlp}.b_out"][:, None], post, params[f"{mlp}.W_out"])
+    return torch.baddbmm(params["unembed.b_U"][:, None], resid, params["unembed.W_U"])
+
+
+def _mix(pattern: Tensor, alpha: Tensor) -> Tensor:
+    """The [Z23] attention rate: alpha * pattern + (1 - alpha), alpha per member (M,)."""
+    shape = (-1,) + (1,) * (pattern.dim() - 1)
+    return alpha.view(shape) * pattern + (1.0 - alpha.view(shape))
+
+
+def _head_matrix(weight: Float[Tensor, "M h d e"]) -> Float[Tensor, "M d he"]:
+    """W_Q, W_K or W_V of every head side by side, so that one matrix product serves all heads."""
+    return weight.permute(0, 2, 1, 3).flatten(2)
+
+
+def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Tensor, alpha: Tensor) -> Tensor:
+    """Read-out logits of one-layer members from per-token query, key and value tables."""
+    attn = "blocks.0.attn"
+    n_models, n_rows, n_pos = tokens.shape
+    heads, d_head = arch.n_heads, arch.d_head
+    # resid[m, i, v] = W_E[v] + W_pos[i]: the residual stream at position i when the token there is v.
+    resid = params["embed.W_E"][:, None] + params["pos_embed.W_pos"][:, :n_pos, None]
+    vocab = resid.shape[2]
+    flat = resid.flatten(1, 2)                                                          # M (i v) d
+    q_table = torch.bmm(resid[:, -1], _head_matrix(params[f"{attn}.W_Q"])) + params[f"{attn}.b_Q"].flatten(1)[:, None]
+    k_table = torch.bmm(flat, _head_matrix(params[f"{attn}.W_K"])) + params[f"{attn}.b_K"].flatten(1)[:, None]
+    v_table = torch.bmm(flat, _head_matrix(params[f"{attn}.W_V"])) + params[f"{attn}.b_V"].flatten(1)[:, None]
+    # Position i's rows of the (position, token) tables are indexed by i * vocab + token.
+    position_tokens = (tokens + torch.arange(n_pos, device=tokens.device) * vocab).flatten(1)
+    q = _gather_rows(q_table, tokens[..., -1]).view(n_models, n_rows, 1, heads, d_head)
+    k = _gather_rows(k_table, position_tokens).view(n_models, n_rows, n_pos, heads, d_head)
+    v = _gather_rows(v_table, position_tokens).view(n_models, n_rows, n_pos, heads, d_head)
+    # With n_pos keys of d_head each, products over the batch are cheaper elementwise than as matmuls.
+    scores = (q * k).sum(-1) / arch.attn_scale                                          # M N i h
+    pattern = _mix(scores.softmax(dim=2), alpha)
+    z = (pattern[..., None] * v).sum(2).flatten(2)                                      # M N (h e)
+    w_o = params[f"{attn}.W_O"].flatten(1, 2)                                           # M (h e) d
+    resid_last = _gather_rows(resid[:, -1], tokens[..., -1])
+    resid_mid = resid_last + torch.baddbmm(params[f"{attn}.b_O"][:, None], z, w_o)
+    return _mlp_and_unembed(params, arch, 0, resid_mid)
+
+
+def _deep_logits(params: dict[str, Tensor], arch: Architecture, tokens: Tensor, alpha: Tensor) -> Tensor:
+    """Read-out logits of members with any number of layers: the plain stacked forward."""
+    n_models, n_rows, n_pos = tokens.shape
+    resid = _gather_rows(params["embed.W_E"], tokens.flatten(1)).view(n_models, n_rows, n_pos, arch.d_model)
+    resid = resid + params["pos_embed.W_pos"][:, None, :n_pos]
+    causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=tokens.device).tril()
+    for layer in range(arch.n_layers):
+        attn, last = f"blocks.{layer}.attn", layer == arch.n_layers - 1
+        queries_from = resid[:, :, -1:] if last else resid
+        q = torch.einsum("mnqd,mhde->mnhqe", queries_from, params[f"{attn}.W_Q"]) + params[f"{attn}.b_Q"][:, None, :, None]
+        k = torch.einsum("mnkd,mhde->mnhke", resid, params[f"{attn}.W_K"]) + params[f"{attn}.b_K"][:, None, :, None]
+        v = torch.einsum("mnkd,mhde->mnhke", resid, params[f"{attn}.W_V"]) + params[f"{attn}.b_V"][:, None, :, None]
+        scores = q @ k.transpose(-1, -2) / arch.attn_scale
+        if arch.causal and not last:
+            scores = scores.masked_fill(~causal, float("-inf"))
+        pattern = _mix(scores.softmax(dim=-1), alpha)
+        z = pattern @ v                                                                  # M N h q e
+        attn_out = torch.einsum("mnhqe,mhed->mnqd", z, params[f"{attn}.W_O"]) + params[f"{attn}.b_O"][:, None, None]
+        if last:
+            return _mlp_and_unembed(params, arch, layer, resid[:, :, -1] + attn_out[:, :, 0])
+        resid = resid + attn_out
+        mlp = f"blocks.{layer}.mlp"
+        pre = torch.einsum("mnqd,mdf->mnqf", resid, params[f"{mlp}.W_in"]) + params[f"{mlp}.b_in"][:, None, None]
+        post = ACTIVATIONS[arch.act_fn](pre)
+        resid = resid + torch.einsum("mnqf,mfd->mnqd", post, params[f"{mlp}.W_out"]) + params[f"{mlp}.b_out"][:, None, None]
+    raise AssertionError("unreachable: the last layer returns")
+
+
+def stacked_logits(params: dict[str, Tensor], arch: Architecture, tokens: Int[Tensor, "M N pos"],
+                   alpha: Float[Tensor, "M"]) -> Float[Tensor, "M N d_vocab_out"]:
+    """Read-out logits of every member on its own rows: ``logits[m] == final_logits(model_m, tokens[m])``.
+
+    ``alpha`` is each member's attention rate (1 for standard attention).
+    """
+    if arch.n_layers == 1:
+        return _one_layer_logits(params, arch, tokens, alpha)
+    return _deep_logits(params, arch, tokens, alpha)
+
+
+def member_nll(logits: Float[Tensor, "M N C"], labels: Int[Tensor, "M N"]) -> Float[Tensor, "M N"]:
+    """Per-row float64 negative log-likelihood (log-softmax in float64: losses reach 1e-8)."""
+    return -logits.double().log_softmax(dim=-1).gather(-1, labels[..., None])[..., 0]
+
+
+# ----- rows ------------------------------------------------------------------------------------
+
+@dataclass
+class MemberRows:
+    """Each member's rows of the grid, padded to one length: tokens, labels and a validity mask.
+
+    Padding rows repeat row 0 of the grid and carry zero weight, so they change no loss and no gradient.
+    """
+
+    tokens: Int[Tensor, "M N pos"]
+    labels: Int[Tensor, "M N"]
+    valid: Bool[Tensor, "M N"]
+    counts: Int[Tensor, "M"]
+
+    @classmethod
+    def from_indices(cls, grid_tokens: Tensor, grid_labels: Tensor, indices: list[Tensor],
+                     device: str | torch.device = "cpu") -> "MemberRows":
+        """Rows ``indices[m]`` of the lexicographic grid for member m."""
+        longest = max(max(len(rows) for rows in indices), 1)
+        padded = torch.zeros(len(indices), longest, dtype=torch.long)
+        valid = torch.zeros(len(indices), longest, dtype=torch.bool)
+        for m, rows in enumerate(indices):
+            padded[m, :len(rows)] = rows
+            valid[m, :len(rows)] = True
+        counts = valid.sum(1)
+        return cls(grid_tokens[padded].to(device), grid_labels[padded].to(device), valid.to(device),
+                   counts.to(device))
+
+    def mean(self, values: Float[Tensor, "M N"]) -> Float[Tensor, "M"]:
+        """Each member's mean of ``values`` over its own rows (NaN for a member with none)."""
+        masked = torch.where(self.valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
+        return masked.sum(1) / self.counts.to(values.dtype)
+
+
+def micro_batch_size(n_rows: int, device: str | torch.device) -> int:
+    """Members per forward/backward pass: the whole stack on a GPU; on a CPU about 4,096 rows at a time.
+
+    On a CPU a stack of large members gains nothing from one big pass (the matrix products are already
+    large) but loses the caches, so members run a few at a time; small members still share passes.
+
+    >>> micro_batch_size(3830, "cpu"), micro_batch_size(264, "cpu"), micro_batch_size(3830, "cuda") > 10**6
+    (1, 15, True)
+    """
+    if torch.device(device).type != "cpu":
+        return 1 << 30
+    return max(1, 4096 // max(n_rows, 1))
+
+
+@dataclass
+class StepValues:
+    """What one pass over the train rows gives: per-member mean losses, accuracies and gradients."""
+
+    losses: Float[Tensor, "M"]
+    accuracy: Float[Tensor, "M"] | None
+    grads: dict[str, Tensor] | None
+    logits: Float[Tensor, "M N d_vocab_out"] | None = None
+
+
+def train_pass(params: dict[str, Tensor], trainable: list[str], arch: Architecture, rows: MemberRows,
+               alpha: Float[Tensor, "M"], *, micro_batch: int, gradients: bool = True,
+               accuracy: bool = False, keep_logits: bool = False) -> StepValues:
+    """Losses (float64 mean cross-entropy per member), optionally accuracies, and gradients of their sum.
+
+    Members go through in groups of ``micro_batch``; each member's values depend on its own parameters
+    only, so grouping changes nothing but the order of float32 sums.
+    """
+    n_models = rows.tokens.shape[0]
+    losses, correct, kept = [], [], []
+    grads = {name: torch.empty_like(params[name]) for name in trainable} if gradients else None
+    for begin in range(0, n_models, micro_batch):
+        end = min(begin + micro_batch, n_models)
+        part = {name: tensor[begin:end] for name, tensor in params.items()}
+        if gradients:
+            for name in trainable:
+                part[name] = part[name].detach().requires_grad_(True)
+        sub = MemberRows(rows.tokens[begin:end], rows.labels[begin:end], rows.valid[begin:end], rows.counts[begin:end])
+        with torch.set_grad_enabled(gradients):
+            logits = stacked_logits(part, arch, sub.tokens, alpha[begin:end])
+            loss = sub.mean(member_nll(logits, sub.labels))
+        if gradients:
+            for name, grad in zip(trainable, torch.autograd.grad(loss.sum(), [part[name] for name in trainable])):
+                grads[name][begin:end] = grad
+        losses.append(loss.detach())
+        if keep_logits:
+            kept.append(logits.detach())
+        if accuracy:
+            with torch.no_grad():
+                correct.append(sub.mean((logits.argmax(-1) == sub.labels).double()))
+    return StepValues(torch.cat(losses), torch.cat(correct) if accuracy else None, grads,
+                      torch.cat(kept) if keep_logits else None)
+
+
+# ----- optimiser -------------------------------------------------------------------------------
+
+@dataclass
+class MemberSettings:
+    """Per-member hyperparameters as (M,) float64 tensors: attention rate, AdamW and Grokfast settings.
+
+    ``grokfast_lamb`` is 0 for members without Grokfast (then their gradients pass unchanged).
+    """
+
+    alpha: Tensor
+    lr: Tensor
+    weight_decay: Tensor
+    beta1: Tensor
+    beta2: Tensor
+    grokfast_alpha: Tensor
+    grokfast_lamb: Tensor
+
+    @classmethod
+    def from_values(cls, **columns: list[float]) -> "MemberSettings":
+        return cls(**{name: torch.tensor(values, dtype=torch.float64) for name, values in columns.items()})
+
+    def to(self, device: str | torch.device) -> "MemberSettings":
+        """The same settings on ``device`` (still float64), so that updates need no host transfers."""
+        return MemberSettings(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+
+
+def _per_member(values: Tensor, like: Tensor) -> Tensor:
+    """(M,) float64 values as ``like``'s dtype, shaped (M, 1, ..., 1) to broadcast against it."""
+    return values.to(dtype=like.dtype).view((-1,) + (1,) * (like.dim() - 1))
+
+
+class StackedAdamW:
+    """AdamW for stacked parameters, each member with its own lr, weight decay and betas.
+
+    Applies torch.optim.AdamW's single-tensor update per member (decoupled decay first, then the
+    moments, then the bias-corrected step); the scalars it computes in double precision are computed in
+    double precision here too, per member, on the parameters' device (no host transfer per step).
+    """
+
+    def __init__(self, settings: MemberSettings, eps: float = ADAM_EPS, device: str | torch.device = "cpu"):
+        self.settings, self.eps = settings.to(device), eps
+        self.step_count = 0
+        self.exp_avg: dict[str, Tensor] = {}
+        self.exp_avg_sq: dict[str, Tensor] = {}
+
+    def init_state(self, params: dict[str, Tensor]) -> None:
+        """Zero moments for the parameters that have none yet (a fresh run's step 0)."""
+        for name, param in params.items():
+            if name not in self.exp_avg:
+                self.exp_avg[name] = torch.zeros_like(param, requires_grad=False)
+                self.exp_avg_sq[name] = torch.zeros_like(param, requires_grad=False)
+
+    @torch.no_grad()
+    def step(self, params: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
+        self.step_count += 1
+        s, t = self.settings, self.step_count
+        decay = 1.0 - s.lr * s.weight_decay
+        step_size = s.lr / (1.0 - s.beta1 ** t)
+        bias_correction2_sqrt = (1.0 - s.beta2 ** t).sqrt()
+        self.init_state({name: params[name] for name in grads})
+        for name, grad in grads.items():
+            param = params[name]
+            exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
+            param.mul_(_per_member(decay, param))
+            exp_avg.lerp_(grad, _per_member(1.0 - s.beta1, param))
+            exp_avg_sq.mul_(_per_member(s.beta2, param)).addcmul_(grad, grad * _per_member(1.0 - s.beta2, param))
+            denom = (exp_avg_sq.sqrt() / _per_member(bias_correction2_sqrt, param)).add_(self.eps)
+            param.sub_(exp_avg / denom * _per_member(step_size, param))
+
+
+class StackedGrokfast:
+    """Grokfast-EMA [L24] per member: mu_0 = g_0, mu_t = a mu_{t-1} + (1 - a) g_t, g <- g + lam mu_t."""
+
+    def __init__(self, settings: MemberSettings, device: str | torch.device = "cpu"):
+        self.settings = settings.to(device)
+        self.mu: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def apply(self, grads: dict[str, Tensor]) -> None:
+        s = self.settings
+        for name, grad in grads.items():
+            if name in self.mu:
+                mu = self.mu[name]
+                mu.mul_(_per_member(s.grokfast_alpha, grad)).add_(grad * _per_member(1.0 - s.grokfast_alpha, grad))
+            else:
+                self.mu[name] = mu = grad.clone()
+            grad.add_(mu * _per_member(s.grokfast_lamb, grad))
+
+
+# ----- memory ------------------------------------------------------------------------------------
+
+def state_bytes_per_member(arch: Architecture, grokfast: bool) -> int:
+    """Parameters, gradients and two AdamW moments (and the Grokfast EMA) of one member, float32 bytes."""
+    return 4 * arch.n_parameters() * (4 + (1 if grokfast else 0))
+
+
+def activation_bytes_per_member(arch: Architecture, n_rows: int) -> int:
+    """An upper estimate of the activations autograd keeps for one member's pass over ``n_rows`` rows.
+
+    Gathered queries, keys and values, attention scores, the residual stream, MLP pre- and
+    post-activations, float32 logits and their float64 log-softmax and gradient.
+    """
+    per_row = (arch.n_ctx * arch.n_heads * (3 * arch.d_head + 2) + 3 * arch.d_model * arch.n_ctx
+               + 3 * arch.d_mlp + arch.d_vocab_out * 5)
+    if arch.n_layers > 1:
+        per_row += (arch.n_layers - 1) * arch.n_ctx * (3 * arch.d_mlp + 8 * arch.d_model)
+    return 4 * n_rows * per_row
+
+
+def available_memory(device: str | torch.device) -> int:
+    """Bytes free for new tensors on ``device``: free GPU memory, or the machine's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def members_per_chunk(n_members: int, member_bytes: int, budget_bytes: int, fixed_bytes: int = 0) -> int:
+    """How many members one stack may hold within ``budget_bytes`` (beyond ``fixed_bytes`` it needs anyway).
+
+    Refuses, naming the limit, when not even one member fits.
+
+    >>> members_per_chunk(64, 100, 1000)
+    10
+    >>> members_per_chunk(4, 100, 10_000)
+    4
+    """
+    budget_bytes -= fixed_bytes
+    if member_bytes > budget_bytes:
+        raise GrokscopeError(f"one member needing about {member_bytes / 2**20:.0f} MiB",
+                             expected=f"at most the {budget_bytes / 2**20:.0f} MiB this device has free",
+                             where="training engine")
+    return max(1, min(n_members, budget_bytes // member_bytes))
