@@ -5,7 +5,8 @@ The references were computed once with TransformerLens 3.x (HookedTransformer) a
 ``tests/fixtures/tl_reference/``; ``test_backend.py`` recomputes every case with the installed line and
 compares. To regenerate them (only after a deliberate change of a case), with 3.x installed:
 
-    python tests/tl_reference.py
+    python tests/tl_reference.py          # the cases that have no stored reference yet
+    python tests/tl_reference.py --all    # every case
 
 Every case is a function returning ``(model, task)``. Its inputs depend on seeds and on files in the
 repository only, never on the installed line: weights come from ``models.initial_state`` or from
@@ -109,6 +110,13 @@ BUILT = {
     "exact_clock": lambda: (exact_clock_model(Task(p=23), [3, 7]), Task(p=23)),
     "exact_pizza": lambda: (exact_pizza_model(Task(p=23, eq_token=False), [4, 9]), Task(p=23, eq_token=False)),
     "random_model": lambda: (random_model(Task(p=23), seed=3, d_model=32, d_mlp=64), Task(p=23)),
+    # other operations: the discrete-log clocks write the zero operand's neuron and unembedding bias
+    "exact_clock_sub": lambda: (exact_clock_model(Task(p=23, op="sub"), [3, 7]), Task(p=23, op="sub")),
+    "exact_clock_mul": lambda: (exact_clock_model(Task(p=23, op="mul"), [3, 7]), Task(p=23, op="mul")),
+    "exact_clock_div": lambda: (exact_clock_model(Task(p=23, op="div", eq_token=False), [5]),
+                                Task(p=23, op="div", eq_token=False)),
+    "exact_pizza_sub": lambda: (exact_pizza_model(Task(p=23, op="sub", eq_token=False, diff_vocab=True), [4, 9]),
+                                Task(p=23, op="sub", eq_token=False, diff_vocab=True)),
 }
 
 
@@ -246,6 +254,8 @@ def main() -> None:
         write_native_run()
     os.makedirs(REFERENCE_DIR, exist_ok=True)
     for name in CASES:
+        if os.path.exists(reference_path(name)) and "--all" not in sys.argv:
+            continue  # a stored reference is only recomputed when asked (--all)
         tensors = compute(name)
         save_file(tensors, reference_path(name), metadata={"transformer_lens": backend.VERSION})
         size = os.path.getsize(reference_path(name))
