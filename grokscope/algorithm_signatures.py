@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca, find_circles, isolated_plane,
+from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca, find_circles, isolated_factors,
                                mean_fraction, spectral_circularity)
 from grokscope.errors import GrokscopeError
 from grokscope.fourier import group_embeddings, require_group
@@ -198,7 +198,7 @@ def _with_templates(model: HookedTransformer, task: Task, circles: list[Circle],
     chosen = [c for c in circles if c.is_circle]
     if not chosen:
         return circles
-    planes = [isolated_plane(rows_a, c, pca) for c in chosen]
+    planes = [isolated_factors(rows_a, c, pca) for c in chosen]
     mean = rows_a.detach().double().mean(dim=0)
     logits = isolated_circle_logits(model, task, planes, [c.freq for c in chosen], mean)
     freq_of, done = {c.index: c.freq for c in circles}, {}
