@@ -48,7 +48,7 @@ from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca,
                                mean_fraction, spectral_circularity)
 from grokscope.errors import GrokscopeError
 from grokscope.fourier import group_embeddings, require_group
-from grokscope.grid_forward import grid_logits
+from grokscope.grid_forward import grid_logits, take
 from grokscope.models import HookedTransformer
 from grokscope.tasks import Task
 from grokscope.templates import circle_fve, isolated_circle_logits
@@ -145,7 +145,7 @@ def group_logits(logits: Float[Tensor, "n_inputs d_vocab_out"], task: Task) -> F
     """The logits of the in-group inputs in group coordinates: row u*N + v, column m = class phi^-1(m)
     (``Task.group_rows``); the correct class of row u*N + v is m = u + v mod N."""
     group = require_group(task, "group_logits")
-    return logits[task.group_rows(group)][:, group.elements()].double()
+    return take(take(logits, task.group_rows(group)), group.elements(), dim=1).double()
 
 
 def distance_matrix(logits: Float[Tensor, "n_inputs p"], task: Task, *,

@@ -221,6 +221,17 @@ def affine_grid_logits(model: HookedTransformer, rows_a: AffineRows, rows_b: Aff
     return logits
 
 
+def take(values: Tensor, index: Int[Tensor, "k"], dim: int = 0) -> Tensor:
+    """``values.index_select(dim, index)``, as a view without a copy when index is 0, 1, ..., k - 1.
+
+    >>> take(torch.arange(6).reshape(2, 3), torch.tensor([0, 1]), dim=1).tolist()
+    [[0, 1], [3, 4]]
+    """
+    if torch.equal(index, torch.arange(len(index), device=index.device)):
+        return values.narrow(dim, 0, len(index))
+    return values.index_select(dim, index.to(values.device))
+
+
 def task_rows_in_square(task: Task) -> Int[Tensor, "n_inputs"]:
     """Where each row of ``task.tokens()`` sits in the square a * p + b grid (``div`` drops b = 0).
 

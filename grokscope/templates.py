@@ -40,7 +40,7 @@ from torch import Tensor
 from grokscope.circles import circle_factors, circle_plane
 from grokscope.errors import GrokscopeError
 from grokscope.grid_forward import (AffineRows, affine_grid_logits, stacked_grid_logits, supports,
-                                    task_rows_in_square)
+                                    take, task_rows_in_square)
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.tasks import Task
 
@@ -175,7 +175,7 @@ def isolated_circle_logits(model: HookedTransformer, task: Task,
     if supports(model) and planes and all(isinstance(plane, tuple) for plane in planes):
         with torch.no_grad():
             logits = affine_grid_logits(model, *_affine_operands(task, W_E, planes, freqs, mean))
-        return logits[..., a_ids]
+        return take(logits, a_ids, dim=-1)
     planes = [plane[0] @ plane[1] if isinstance(plane, tuple) else plane for plane in planes]
     tables = []
     for plane, freq in zip(planes, freqs):
