@@ -15,7 +15,10 @@ also multiplies the p^2 residuals by W_in and the activations by W_out, about 4x
 4 d_model. The result equals ``models.final_logits`` up to float rounding (the sums are reassociated).
 
 Used for the logit templates [Z23], where each embedding circle needs its own grid pass:
-``stacked_grid_logits`` takes n embedding tables at once.
+``stacked_grid_logits`` takes n embedding tables at once. An isolated circle puts every operand row
+in a plane (mean + 2 coordinates), so ``affine_grid_logits`` goes further: each input's MLP input and
+direct logits are one product of (1 + r)(1 + 2 heads) features with a stacked map, leaving
+act(pre) (W_out W_U) as almost the only cost.
 
 >>> import torch
 >>> from grokscope.constructions import random_model
