@@ -179,6 +179,20 @@ def affine_grid_logits(model: HookedTransformer, rows_a: AffineRows, rows_b: Aff
     sums become one product per input of the features (1, c_last) and pattern_{j,h} (1, c_j) with
     the stacked [e; R]: about (1 + r)(1 + 2 heads) numbers instead of a sum over heads of d_mlp-long
     vectors. Requires ``supports(model)``.
+
+    >>> from grokscope.constructions import random_model
+    >>> task = Task(p=13)
+    >>> model = random_model(task, seed=0)
+    >>> W_E = model.W_E.detach()
+    >>> rows = AffineRows(W_E[:13].mean(0)[None], torch.randn(1, 13, 2, generator=torch.Generator().manual_seed(0)),
+    ...                   W_E[None, :2])
+    >>> table = W_E.clone()[None]
+    >>> table[:, :13] = rows.dense()
+    >>> with torch.no_grad():
+    ...     fast = affine_grid_logits(model, rows, rows, table[:, task.eq_id])
+    ...     slow = stacked_grid_logits(model, task, table).reshape(fast.shape)
+    >>> bool(torch.allclose(fast, slow, atol=1e-4 * float(slow.abs().max())))
+    True
     """
     cfg = model.cfg
     attn, mlp, W_U, b_U = model.blocks[0].attn, model.blocks[0].mlp, model.unembed.W_U, model.unembed.b_U
