@@ -3,7 +3,8 @@
 On the released p = 59 models in tests/fixtures/pizza (or any release folder), in one process:
   (a) ``grokscope.classifier.classify``: every signature and the label. Its work is one forward pass over
       the grid (accuracy, DI), one batched forward / backward over the 100 GS samples, one batched
-      forward over the grid for all embedding circles (templates);
+      forward over the grid for all embedding circles (templates; for one-layer models the affine
+      table forward of ``grokscope.grid_forward``);
   (a') ``classify(..., templates=False)``: the same label without the template vote (two passes);
   (b) ``signatures.gradient_symmetricity`` alone (the batched GS);
   (c) the baseline: GS the way the released notebook computes it, one forward and one backward pass

@@ -44,11 +44,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca, find_circles, isolated_plane,
+from grokscope.circles import (Circle, EmbeddingPCA, circularity, embedding_pca, find_circles, isolated_factors,
                                mean_fraction, spectral_circularity)
 from grokscope.errors import GrokscopeError
 from grokscope.fourier import group_embeddings, require_group
-from grokscope.grid_forward import grid_logits
+from grokscope.grid_forward import grid_logits, take
 from grokscope.models import HookedTransformer
 from grokscope.tasks import Task
 from grokscope.templates import circle_fve, isolated_circle_logits
@@ -145,7 +145,7 @@ def group_logits(logits: Float[Tensor, "n_inputs d_vocab_out"], task: Task) -> F
     """The logits of the in-group inputs in group coordinates: row u*N + v, column m = class phi^-1(m)
     (``Task.group_rows``); the correct class of row u*N + v is m = u + v mod N."""
     group = require_group(task, "group_logits")
-    return logits[task.group_rows(group)][:, group.elements()].double()
+    return take(take(logits, task.group_rows(group)), group.elements(), dim=1).double()
 
 
 def distance_matrix(logits: Float[Tensor, "n_inputs p"], task: Task, *,
@@ -198,7 +198,7 @@ def _with_templates(model: HookedTransformer, task: Task, circles: list[Circle],
     chosen = [c for c in circles if c.is_circle]
     if not chosen:
         return circles
-    planes = [isolated_plane(rows_a, c, pca) for c in chosen]
+    planes = [isolated_factors(rows_a, c, pca) for c in chosen]
     mean = rows_a.detach().double().mean(dim=0)
     logits = isolated_circle_logits(model, task, planes, [c.freq for c in chosen], mean)
     freq_of, done = {c.index: c.freq for c in circles}, {}

@@ -200,8 +200,11 @@ def spectral_circularity(W_rows: Float[Tensor, "p d_model"], n_components: int =
     return float(min(max(top_planes / float(top_variance), 0.0), 1.0))
 
 
-def circle_plane(W_rows: Float[Tensor, "p d_model"], freq: int) -> Float[Tensor, "p d_model"]:
-    """P_k (E - mean): the rows' Fourier component at ``freq``, the circle the tokens trace there."""
+def circle_factors(W_rows: Float[Tensor, "p d_model"], freq: int
+                   ) -> tuple[Float[Tensor, "p r"], Float[Tensor, "r d_model"]]:
+    """(coords, basis) with ``circle_plane(W_rows, freq) = coords @ basis``: the Fourier basis rows at
+    ``freq`` over the tokens (r = 2: cos and sin; r = 1 for the sign frequency N/2) and the centred
+    rows' coefficients on them."""
     rows = W_rows.detach().double()
     centred = rows - rows.mean(dim=0)
     p = rows.shape[0]
@@ -210,18 +213,32 @@ def circle_plane(W_rows: Float[Tensor, "p d_model"], freq: int) -> Float[Tensor,
         basis = torch.cos(angle)[None] / math.sqrt(p)
     else:
         basis = torch.stack([torch.cos(angle), torch.sin(angle)]) * math.sqrt(2 / p)
-    return basis.T @ (basis @ centred)
+    return basis.T, basis @ centred
+
+
+def circle_plane(W_rows: Float[Tensor, "p d_model"], freq: int) -> Float[Tensor, "p d_model"]:
+    """P_k (E - mean): the rows' Fourier component at ``freq``, the circle the tokens trace there."""
+    coords, basis = circle_factors(W_rows, freq)
+    return coords @ basis
+
+
+def isolated_factors(W_rows: Float[Tensor, "p d_model"], circle: "Circle", pca: EmbeddingPCA | None = None
+                     ) -> tuple[Float[Tensor, "p r"], Float[Tensor, "r d_model"]]:
+    """(coords, basis) with ``isolated_plane = coords @ basis`` (r <= 2): each token's coordinates in
+    the circle's plane, and the plane's directions in d_model."""
+    if circle.isolated_on != "components":
+        return circle_factors(W_rows, circle.freq)
+    pca = pca if pca is not None else embedding_pca(W_rows)
+    chosen = list(circle.components)
+    return pca.scores[:, chosen], pca.components[chosen]
 
 
 def isolated_plane(W_rows: Float[Tensor, "p d_model"], circle: "Circle",
                    pca: EmbeddingPCA | None = None) -> Float[Tensor, "p d_model"]:
     """The centred rows' part on ``circle``, as ``circle.isolated_on`` says: its principal components'
     scores @ components, or ``circle_plane``."""
-    if circle.isolated_on != "components":
-        return circle_plane(W_rows, circle.freq)
-    pca = pca if pca is not None else embedding_pca(W_rows)
-    chosen = list(circle.components)
-    return pca.scores[:, chosen] @ pca.components[chosen]
+    coords, basis = isolated_factors(W_rows, circle, pca)
+    return coords @ basis
 
 
 def circle_coordinates(W_rows: Float[Tensor, "p d_model"], freq: int) -> Float[Tensor, "p 2"]:
@@ -312,9 +329,11 @@ def find_circles(W_rows: Float[Tensor, "p d_model"], n_circles: int = 6,
     circles: list[Circle] = []
     for index, freq in enumerate(chosen):
         share = float(shares[freq - 1])
-        _, S, Vh = torch.linalg.svd(circle_plane(centred, freq), full_matrices=False)
+        # The plane is coords @ basis with orthonormal coords: its singular values and directions are
+        # those of the small basis (r x d_model).
+        _, S, Vh = torch.linalg.svd(circle_factors(centred, freq)[1], full_matrices=False)
         inside = (centred @ Vh[:2].T).pow(2).sum() / centred_energy
-        roundness = float(S[1] / S[0]) if S[0] > 0 else 0.0
+        roundness = float(S[1] / S[0]) if len(S) > 1 and S[0] > 0 else 0.0
         purity = min(share / max(float(inside), 1e-300), 1.0)
         is_circle = (purity >= MIN_PURITY and roundness >= MIN_ROUNDNESS
                      and share >= MIN_SHARE_RATIO * background)

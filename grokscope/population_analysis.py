@@ -28,12 +28,11 @@ from grokscope import __version__
 from grokscope import population as pop
 from grokscope.checkpoints import atomic_write, json_safe, write_json
 from grokscope.errors import GrokscopeError
-# The sweep folder's layout is the trainer's (grokscope.sweep_runner); only its names are shared here.
-from grokscope.sweep_runner import FORMAT_NAME as SWEEP_FORMAT
-from grokscope.sweep_runner import FORMAT_VERSION as SWEEP_FORMAT_VERSION
+# The sweep folder's layout and its sweep.json reader are the trainer's (grokscope.sweep_runner).
 from grokscope.sweep_runner import INDEX_CSV as INDEX_FILE
 from grokscope.sweep_runner import RUNS_DIR as RUNS_FOLDER
 from grokscope.sweep_runner import SWEEP_JSON as SWEEP_FILE
+from grokscope.sweep_runner import read_sweep
 
 POPULATION_FILE, SUMMARY_FILE, REPORT_FILE = "population.csv", "summary.json", "report.html"
 OUTPUT_FOLDER = "grokscope"
@@ -67,28 +66,6 @@ def is_sweep(path: str | os.PathLike) -> bool:
     return (Path(path) / SWEEP_FILE).is_file()
 
 
-def read_sweep(path: str | os.PathLike) -> dict[str, Any]:
-    """sweep.json of the sweep folder ``path``, checked: format, axes (a list) and members (a mapping)."""
-    file = Path(path) / SWEEP_FILE
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as error:
-        raise GrokscopeError(f"unreadable JSON ({error})", expected="a sweep.json written by grokscope sweep",
-                             where=str(file)) from error
-    if not isinstance(data, dict) or data.get("format") != SWEEP_FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise GrokscopeError(f"format {found!r}", expected=f"{SWEEP_FORMAT!r}", where=str(file))
-    if data.get("format_version") != SWEEP_FORMAT_VERSION:
-        raise GrokscopeError(f"format_version {data.get('format_version')!r}",
-                             expected=f"{SWEEP_FORMAT_VERSION} (this grokscope's)", where=str(file))
-    if not isinstance(data.get("axes"), list) or not isinstance(data.get("members"), dict):
-        raise GrokscopeError(f"axes of type {type(data.get('axes')).__name__}, members of type "
-                             f"{type(data.get('members')).__name__}",
-                             expected="'axes' a list of settings and 'members' a mapping id -> config",
-                             where=str(file))
-    return data
-
-
 def read_index(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     """index.csv of a sweep folder by member id (empty when the file is absent)."""
     file = Path(path) / INDEX_FILE
@@ -103,18 +80,14 @@ def read_index(path: str | os.PathLike) -> dict[str, dict[str, str]]:
 
 
 def sweep_members(path: str | os.PathLike) -> tuple[list[Member], list[str], dict[str, Any]]:
-    """(members, axes, sweep.json) of a sweep folder, members in sweep.json order."""
-    data = read_sweep(path)
+    """(members, axes, spec) of a sweep folder, members in sweep.json order (``sweep_runner.read_sweep``
+    reads and checks the file)."""
+    plan = read_sweep(path)
     index = read_index(path)
-    members = []
-    for member_id, config in data["members"].items():
-        if not isinstance(config, dict):
-            raise GrokscopeError(f"member {member_id!r} of type {type(config).__name__}",
-                                 expected="a TrainConfig dict", where=str(Path(path) / SWEEP_FILE))
-        status = index.get(member_id, {}).get("status") or None
-        members.append(Member(id=str(member_id), path=f"{RUNS_FOLDER}/{member_id}",
-                              settings=dict(config), status=status))
-    return members, [str(a) for a in data["axes"]], data
+    members = [Member(id=member_id, path=f"{RUNS_FOLDER}/{member_id}", settings=config.to_dict(),
+                      status=index.get(member_id, {}).get("status") or None)
+               for member_id, config in plan.members.items()]
+    return members, list(plan.axes), plan.spec
 
 
 def folder_members(path: str | os.PathLike) -> list[Member]:
@@ -295,11 +268,11 @@ def analyze_population(path: str | os.PathLike, out: str | os.PathLike | None = 
         raise GrokscopeError("not a folder", expected="a sweep folder or a folder of runs", where=str(root))
     sweep = is_sweep(root)
     if sweep:
-        members, swept, data = sweep_members(root)
+        members, swept, spec = sweep_members(root)
         members = [m for m in members if (root / m.path).exists()]
         pending = [m for m in sweep_members(root)[0] if not (root / m.path).exists()]
     else:
-        members, swept, data, pending = folder_members(root), [], None, []
+        members, swept, spec, pending = folder_members(root), [], None, []
     if not members:
         raise GrokscopeError("no member with a run folder yet" if sweep else "no run or model",
                              expected="a sweep with trained members or a folder of runs", where=str(root))
@@ -335,7 +308,7 @@ def analyze_population(path: str | os.PathLike, out: str | os.PathLike | None = 
             raise GrokscopeError(f"axis {axis!r}", expected=f"a column of population.csv, e.g. one of "
                                  f"{swept or list(SETTINGS)}", where="--axes")
     summary = population_summary(rows, swept, chosen, bins, source=str(root),
-                                 fmt="sweep" if sweep else "collection", pending=pending, spec=data)
+                                 fmt="sweep" if sweep else "collection", pending=pending, spec=spec)
     write_json(out_dir / SUMMARY_FILE, summary)
     population = pop.Population(rows=rows, axes=list(swept), root=str(root), summary=summary)
     if report:
@@ -365,7 +338,7 @@ def population_summary(rows: Sequence[dict], swept: Sequence[str], chosen: Seque
                "skipped": [{"path": r.get("path"), "error": r.get("error")} for r in rows if r.get("error")]
                + [{"path": m.path, "error": f"status {m.status or 'pending'}: no run folder yet"} for m in pending]}
     if spec is not None:
-        summary["spec"] = spec.get("spec")
+        summary["spec"] = spec
     return json_safe(summary)
 
 

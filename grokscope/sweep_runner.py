@@ -19,6 +19,7 @@ cluster's nodes must share the sweep folder.
 
 import csv
 import io
+import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -64,19 +65,38 @@ class SweepPlan:
 
 
 def read_sweep(folder: str | Path) -> SweepPlan:
-    """The plan stored in ``folder/sweep.json``; errors name the file and what is wrong."""
+    """The plan stored in ``folder/sweep.json``, checked: readable JSON, format and format_version, spec
+    (a mapping), axes (a list), members (a mapping id -> TrainConfig dict). Errors name the file, what
+    was found and what was expected. The one reader of the file: training and analysis both use it."""
     path = Path(folder) / SWEEP_JSON
-    data = ck.read_json(path)
-    if data.get("format") != FORMAT_NAME or not isinstance(data.get("members"), dict) \
-            or not isinstance(data.get("axes"), list) or not isinstance(data.get("spec"), dict):
-        raise GrokscopeError(f"keys {sorted(data)[:6]} (format {data.get('format')!r})",
-                             expected=f"a {FORMAT_NAME} file with spec, axes and members", where=str(path))
     try:
-        members = {mid: TrainConfig.from_dict(config) for mid, config in data["members"].items()}
-    except GrokscopeError as error:
-        raise GrokscopeError(f"a member config that does not load ({error})", expected="TrainConfig dicts",
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise GrokscopeError(f"unreadable JSON ({error})", expected="a sweep.json written by grokscope sweep",
                              where=str(path)) from None
-    return SweepPlan(data["spec"], data["axes"], members)
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise GrokscopeError(f"format {found!r}", expected=f"{FORMAT_NAME!r}", where=str(path))
+    if data.get("format_version") != FORMAT_VERSION:
+        raise GrokscopeError(f"format_version {data.get('format_version')!r}",
+                             expected=f"{FORMAT_VERSION} (this grokscope's)", where=str(path))
+    if not isinstance(data.get("axes"), list) or not isinstance(data.get("members"), dict) \
+            or not isinstance(data.get("spec"), dict):
+        raise GrokscopeError(f"axes of type {type(data.get('axes')).__name__}, members of type "
+                             f"{type(data.get('members')).__name__}, spec of type {type(data.get('spec')).__name__}",
+                             expected="'axes' a list of settings, 'members' a mapping id -> config and 'spec' "
+                             "a mapping", where=str(path))
+    members = {}
+    for mid, config in data["members"].items():
+        if not isinstance(config, dict):
+            raise GrokscopeError(f"member {mid!r} of type {type(config).__name__}", expected="a TrainConfig dict",
+                                 where=str(path))
+        try:
+            members[str(mid)] = TrainConfig.from_dict(config)
+        except GrokscopeError as error:
+            raise GrokscopeError(f"member {mid!r}: a config that does not load ({error})",
+                                 expected="TrainConfig dicts", where=str(path)) from None
+    return SweepPlan(data["spec"], [str(axis) for axis in data["axes"]], members)
 
 
 def _differences(old: TrainConfig, new: TrainConfig) -> str:

@@ -31,15 +31,17 @@ no p^3 template: sum_c L g(x) per input, then a sum over each d.
 """
 
 import math
+from functools import lru_cache
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from grokscope import backend
-from grokscope.circles import circle_plane
+from grokscope.circles import circle_factors, circle_plane
 from grokscope.errors import GrokscopeError
-from grokscope.grid_forward import stacked_grid_logits, supports, task_rows_in_square
+from grokscope.grid_forward import (AffineRows, affine_grid_logits, stacked_grid_logits, supports,
+                                    take, task_rows_in_square)
 from grokscope.models import HookedTransformer, final_logits
 from grokscope.tasks import Task
 
@@ -62,6 +64,13 @@ def _factors(kind: str, p: int, freq: int, phases: Tensor) -> tuple[Tensor, Tens
     raise GrokscopeError(f"template {kind!r}", expected=f"one of {TEMPLATES}", where="template_fve")
 
 
+@lru_cache(maxsize=8)
+def _indices(p: int) -> tuple[Tensor, Tensor]:
+    """(d, x): (a - b) mod p per input, flattened, and (a + b - c) mod p over the p^3 grid."""
+    a = torch.arange(p)
+    return ((a[:, None] - a[None]) % p).flatten(), ((a[:, None] + a[None])[:, :, None] - a[None, None]) % p
+
+
 class _CircleLogits:
     """What every template's FVE needs from one circle's logits, computed once.
 
@@ -72,16 +81,17 @@ class _CircleLogits:
     def __init__(self, logits: Float[Tensor, "p p p"]):
         p = logits.shape[0]
         L = logits.double()
-        a = torch.arange(p)
         self.p = p
-        self.d = ((a[:, None] - a[None]) % p).flatten()
-        x = ((a[:, None] + a[None])[:, :, None] - a[None, None]) % p
+        self.d, x = _indices(p)
         self.by_x = L.gather(2, x).reshape(p * p, p)                  # column x holds c = a + b - x
         self.sums = L.sum(-1).flatten()
         self.mean = L.mean()
         self.std = L.std(unbiased=False)
-        L_c = L - L.mean(dim=(0, 1), keepdim=True) - L.mean(dim=2, keepdim=True) + self.mean
-        self.rms_c = L_c.pow(2).mean().sqrt()
+        # Mean square of L - input means - class means + mean, without forming it: the three parts
+        # removed are orthogonal (two-way analysis of variance), so their energies subtract.
+        input_means, class_means = self.sums / p, L.mean(dim=(0, 1))
+        energy = L.pow(2).mean() - input_means.pow(2).mean() - class_means.pow(2).mean() + self.mean**2
+        self.rms_c = energy.clamp_min(0).sqrt()
 
     def fve(self, kind: str, freq: int, fit_phase: bool = False) -> tuple[float, float, float]:
         p = self.p
@@ -130,16 +140,21 @@ def circle_fve(logits: Float[Tensor, "p p p"], freq: int, base_freq: int | None 
     return paper, centred, phase
 
 
-def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Tensor], freqs: list[int],
+def isolated_circle_logits(model: HookedTransformer, task: Task,
+                           planes: list[Tensor | tuple[Tensor, Tensor]], freqs: list[int],
                            mean: Float[Tensor, "d_model"]) -> Float[Tensor, "n_circles p p p"]:
     """Group-grid logits with each circle isolated in the embedding, all circles in one batched pass.
 
     ``planes[i]`` (N, d_model) is the operand-a rows' projection on circle i, rows in group order
-    (``fourier.group_embeddings``), ``mean`` the mean a row. With diff_vocab the b rows (in b's group
-    order) become their mean plus their own Fourier component at ``freqs[i]``; other rows (``=``, and
-    tokens outside the group) are kept. Returns L[i, u, v, m] in group coordinates (``Task.group_rows``,
-    class phi^-1(m)). The model is not modified: the stacked embedding tables replace W_E inside
-    the forward only.
+    (``fourier.group_embeddings``), or its factors (coords (N, r), basis (r, d_model)) with
+    projection = coords @ basis (``circles.isolated_factors``); ``mean`` the mean a row. With
+    diff_vocab the b rows (in b's group order) become their mean plus their own Fourier component at
+    ``freqs[i]``; other rows (``=``, and tokens outside the group) are kept. Returns L[i, u, v, m] in
+    group coordinates (``Task.group_rows``, class phi^-1(m)). The model is not modified.
+
+    Factored planes on a model the table forward supports take ``grid_forward.affine_grid_logits``:
+    the isolated rows lie in a plane, so each input's MLP input is one short product. Otherwise the
+    stacked embedding tables go through the table forward, or replace W_E inside ``final_logits``.
     """
     group = task.group
     if group is None:
@@ -147,6 +162,11 @@ def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Te
                              where="isolated_circle_logits")
     N, W_E = group.N, backend.weights(model)["embed.W_E"].detach()
     a_ids, b_ids = group.elements(), group.b_values() + task.b_offset
+    if supports(model) and planes and all(isinstance(plane, tuple) for plane in planes):
+        with torch.no_grad():
+            logits = affine_grid_logits(model, *_affine_operands(task, W_E, planes, freqs, mean))
+        return take(logits, a_ids, dim=-1)
+    planes = [plane[0] @ plane[1] if isinstance(plane, tuple) else plane for plane in planes]
     tables = []
     for plane, freq in zip(planes, freqs):
         table = W_E.double().clone()
@@ -164,3 +184,31 @@ def isolated_circle_logits(model: HookedTransformer, task: Task, planes: list[Te
             tokens = torch.cat([task.tokens()[rows] + i * W_E.shape[0] for i in range(len(tables))])
             logits = final_logits(model, tokens, weights={"embed.W_E": torch.cat(tables)})
     return logits[:, a_ids].reshape(len(tables), N, N, N)
+
+
+def _affine_operands(task: Task, W_E: Tensor, planes: list[tuple[Tensor, Tensor]], freqs: list[int],
+                     mean: Tensor) -> tuple[AffineRows, AffineRows, Tensor | None]:
+    """The isolated embeddings of ``isolated_circle_logits`` in affine form, tokens in group order:
+    operand a at coordinate u, operand b at coordinate v, and the ``=`` row (None without one)."""
+    group = task.group
+    n, r = len(planes), max(coords.shape[1] for coords, _ in planes)
+    origin = mean.double().expand(n, -1)
+
+    def stacked(factors):  # pad to r coordinates: a sign-frequency plane has one
+        coords = torch.zeros(n, factors[0][0].shape[0], r, dtype=torch.float64)
+        basis = torch.zeros(n, r, W_E.shape[1], dtype=torch.float64)
+        for i, (c, b) in enumerate(factors):
+            coords[i, :, :c.shape[1]], basis[i, :b.shape[0]] = c, b
+        return coords, basis
+
+    coords_a, basis_a = stacked(planes)
+    rows_a = AffineRows(origin, coords_a, basis_a)
+    if task.diff_vocab:
+        rows_b = W_E[group.b_values() + task.b_offset].double()
+        coords_b, basis_b = stacked([circle_factors(rows_b, freq) for freq in freqs])
+        rows_b = AffineRows(rows_b.mean(0).expand(n, -1), coords_b, basis_b)
+    else:  # b's token at coordinate v is a's token at coordinate phi(b): the same row of the table
+        position = group.coordinates()[group.b_values()]
+        rows_b = AffineRows(origin, coords_a[:, position], basis_a)
+    eq_row = W_E[task.eq_id].double().expand(n, -1) if task.eq_token else None
+    return rows_a, rows_b, eq_row

@@ -101,3 +101,81 @@ def test_classifier_numbers_are_unchanged_by_the_table_forward(model_id, monkeyp
             assert math.isclose(fast[key], value, rel_tol=0, abs_tol=1e-5), key
         else:
             assert fast[key] == value, key
+
+
+def _planes(model, task):
+    """Every circle's isolation factors, as the classifier builds them."""
+    from grokscope.circles import embedding_pca, find_circles, isolated_factors
+    from grokscope.fourier import group_embeddings
+
+    rows_a = group_embeddings(model, task, "a").detach().double()
+    pca = embedding_pca(rows_a)
+    circles = find_circles(rows_a, 6, pca)
+    return [isolated_factors(rows_a, c, pca) for c in circles], [c.freq for c in circles], rows_a.mean(0)
+
+
+@pytest.mark.parametrize("op, eq_token, diff_vocab", [
+    ("add", False, False), ("add", True, False), ("sub", False, True), ("mul", True, False), ("div", False, True)])
+def test_affine_forward_equals_the_table_forward(op, eq_token, diff_vocab):
+    """Isolated circles in affine form (coords @ basis) against the same embeddings as dense tables."""
+    task = Task(p=23, op=op, eq_token=eq_token, diff_vocab=diff_vocab)
+    model = _with_biases(random_model(task, seed=3, alpha=0.6, d_model=32), seed=4)
+    factors, freqs, mean = _planes(model, task)
+    if task.group.N % 2 == 0:  # the sign frequency N/2: a one-coordinate plane among two-coordinate ones
+        from grokscope.circles import circle_factors
+        from grokscope.fourier import group_embeddings
+
+        factors.append(circle_factors(group_embeddings(model, task, "a"), task.group.N // 2))
+        freqs.append(task.group.N // 2)
+        assert factors[-1][0].shape[1] == 1
+    fast = templates.isolated_circle_logits(model, task, factors, freqs, mean)
+    dense = templates.isolated_circle_logits(model, task, [c @ b for c, b in factors], freqs, mean)
+    assert fast.shape == dense.shape == (len(freqs), task.group.N, task.group.N, task.group.N)
+    # float32 forwards summing in different orders (features x stacked maps vs per-token tables)
+    torch.testing.assert_close(fast, dense, rtol=0, atol=1e-5 * float(dense.abs().max()))
+
+
+def _plain_classification(model, task, monkeypatch):
+    from grokscope.classifier import classify_signatures
+
+    return classify_signatures(_plain_signatures(model, task, monkeypatch))
+
+
+def _construction(name):
+    from grokscope.constructions import exact_clock_model, exact_pizza_model
+
+    tasks = {"clock-add": (exact_clock_model, Task(p=23), [3, 7]),
+             "clock-mul-sign": (exact_clock_model, Task(p=23, op="mul"), [3, 11]),  # 11 = N/2: a line
+             "clock-eq": (exact_clock_model, Task(p=23, eq_token=True), [2, 9]),
+             "pizza-add": (exact_pizza_model, Task(p=23), [3, 7]),
+             "pizza-sub-dv": (exact_pizza_model, Task(p=23, op="sub", diff_vocab=True), [4, 9])}
+    build, task, freqs = tasks[name]
+    return build(task, freqs), task
+
+
+@pytest.mark.parametrize("source", ["p99zdpze5l", "l8k1hzciux", "18c9ev5v5p", "clock-add", "clock-mul-sign",
+                                    "clock-eq", "pizza-add", "pizza-sub-dv"])
+def test_fast_classification_equals_the_plain_one(source, monkeypatch):
+    """``classify`` (table and affine forwards) against the plain HookedTransformer forward everywhere:
+    the same label, reason, votes and circle labels, and every number within float32 rounding."""
+    from grokscope.classifier import classify
+
+    if source.startswith(("clock", "pizza")):
+        model, task = _construction(source)
+    else:
+        from grokscope.formats.pizza import read_model
+
+        run = read_model(str(FIXTURES / f"model_{source}.pt"))
+        model, task = run.model(), run.task
+    fast, plain = classify(model, task), _plain_classification(model, task, monkeypatch)
+    assert (fast.label, fast.reason, fast.template_vote, fast.circle_labels) == \
+        (plain.label, plain.reason, plain.template_vote, plain.circle_labels)
+    numbers = {key: value for key, value in _flat({k: v for k, v in plain.to_dict().items() if k != "evidence"})}
+    got = dict(_flat({k: v for k, v in fast.to_dict().items() if k != "evidence"}))
+    assert got.keys() == numbers.keys()
+    for key, value in numbers.items():
+        if isinstance(value, float):
+            # logits agree to ~1e-6 relative; signatures, FVEs and the confidence are smooth in them
+            assert math.isclose(got[key], value, rel_tol=0, abs_tol=1e-5), key
+        else:
+            assert got[key] == value, key

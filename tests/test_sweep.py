@@ -90,6 +90,49 @@ def test_yaml_and_json_specs_load_and_numbers_without_a_dot_are_numbers(tmp_path
 
 # ----- the sweep folder ------------------------------------------------------------------------------
 
+def _broken_sweeps():
+    """(name, change to a good sweep.json, words the one-line error must hold)."""
+    def edit(**changes):
+        return lambda data: {**data, **changes}
+
+    return [("not json", lambda data: "{not json", ["unreadable JSON", "a sweep.json written by grokscope sweep"]),
+            ("a list", lambda data: [data], ["format 'list'", "'grokscope-sweep'"]),
+            ("format", edit(format="something-else"), ["format 'something-else'", "'grokscope-sweep'"]),
+            ("version", edit(format_version=99), ["format_version 99", "this grokscope's"]),
+            ("axes", edit(axes="alpha"), ["axes of type str", "'axes' a list"]),
+            ("spec", edit(spec=None), ["spec of type NoneType", "'spec' a mapping"]),
+            ("member type", lambda data: {**data, "members": {"m1": [1, 2]}}, ["member 'm1' of type list",
+                                                                                 "a TrainConfig dict"]),
+            ("member keys", lambda data: {**data, "members": {"m1": {"p": 23}}},
+             ["member 'm1': a config that does not load", "missing keys"])]
+
+
+@pytest.mark.parametrize("name, change, words", _broken_sweeps(), ids=[case[0] for case in _broken_sweeps()])
+def test_one_reader_names_what_is_wrong_with_sweep_json(tmp_path, name, change, words):
+    """Training (continuing a sweep) and analysis read sweep.json through ``read_sweep`` alike."""
+    from grokscope.population_analysis import analyze_population
+
+    spec = _spec(grid={"alpha": [0.5, 1.0]}, seeds=1)
+    good = SweepPlan.from_spec(spec)
+    assert read_sweep_roundtrip(tmp_path / "good", good) == good
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    changed = change(good.to_dict())
+    (folder / "sweep.json").write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    for call in (lambda: read_sweep(folder), lambda: run_sweep(spec, folder, workers=1, progress=False),
+                 lambda: analyze_population(folder, report=False)):
+        with pytest.raises(GrokscopeError) as error:
+            call()
+        message = str(error.value)
+        assert str(folder / "sweep.json") in message and all(word in message for word in words), message
+
+
+def read_sweep_roundtrip(folder: Path, plan: SweepPlan) -> SweepPlan:
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps(plan.to_dict()))
+    return read_sweep(folder)
+
+
 def _mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
