@@ -368,10 +368,9 @@ def train_pass(params: dict[str, Tensor], trainable: list[str], arch: Architectu
             for name in trainable:
                 part[name] = part[name].detach().requires_grad_(True)
         counts = rows.counts[begin:end].double()
-        nll_sum, hits, group_logits = None, 0.0, []
+        nll_sum, hits, group_logits, members = None, 0.0, [], slice(begin, end)
         for first in range(0, n_rows, step_rows):
             chunk = slice(first, first + step_rows)
-            members = slice(begin, end)
             tokens, labels, valid = rows.tokens[members, chunk], rows.labels[members, chunk], rows.valid[members, chunk]
             with torch.set_grad_enabled(gradients):
                 logits = stacked_logits(part, arch, tokens, alpha[begin:end])
