@@ -13,9 +13,10 @@ Variants, each a full training epoch (forward, float64 cross-entropy, backward, 
 - ``engine M=k``: ``grokscope.engine`` on a stack of k members (seconds per model-epoch).
 
 Variants take turns (``--repeats`` rounds of ``--steps`` epochs) so a change in load hits all alike;
-medians are reported. Run it on an idle machine:
+medians are reported. Run it on an idle machine; on a shared one, time one thread in process CPU
+time (``--threads 1 --clock cpu``), which leaves out the time the process waits for a core:
 
-    python benchmarks/train_speed.py [--threads 1] [--members 1 8 64] [--steps 5] [--repeats 3]
+    python benchmarks/train_speed.py [--threads 1] [--clock cpu] [--members 1 8 64] [--steps 5] [--repeats 3]
 """
 
 import argparse
@@ -24,8 +25,9 @@ import time
 
 import torch
 
+from grokscope import backend
 from grokscope.engine import (FROZEN_PARAMETERS, Architecture, MemberRows, MemberSettings, StackedAdamW,
-                              micro_batch_size, stack_parameters, train_pass)
+                              fused_readout, micro_batch_size, stack_parameters, train_pass)
 from grokscope.models import cross_entropy_f64, final_logits
 from grokscope.training import TrainConfig
 
@@ -39,12 +41,21 @@ def readout_products(config: TrainConfig, n_rows: int) -> list[tuple[int, int, i
             (n_rows, d, d), (n_rows, d, d_mlp), (n_rows, d_mlp, d), (n_rows, d, out)]
 
 
+def engine_products(config: TrainConfig, n_rows: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the engine's forward products over the batch (one-layer path, ``grokscope.engine``)."""
+    cfg = config.model_config()
+    d, d_mlp, out = cfg.d_model, cfg.d_mlp, cfg.d_vocab_out
+    if fused_readout(Architecture.from_config(cfg)):
+        return [(n_rows, d, d_mlp), (n_rows, d, out), (n_rows, d_mlp, out)]
+    return [(n_rows, d, d), (n_rows, d, d_mlp), (n_rows, d_mlp, d), (n_rows, d, out)]
+
+
 def product_flops(products: list[tuple[int, int, int]]) -> int:
     """Forward and backward (input and weight gradients): three products of 2mkn FLOPs each."""
     return sum(3 * 2 * m * k * n for m, k, n in products)
 
 
-def time_products(products: list[tuple[int, int, int]], repeats: int = 5) -> float:
+def time_products(products: list[tuple[int, int, int]], repeats: int = 5, clock=time.perf_counter) -> float:
     """Median seconds of the forward and both backward matrix products, run as bare ``torch.mm``."""
     operands = []
     for m, k, n in products:
@@ -60,9 +71,9 @@ def time_products(products: list[tuple[int, int, int]], repeats: int = 5) -> flo
     once()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         once()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -70,7 +81,7 @@ def hooked_epoch(config: TrainConfig):
     """One epoch of the HookedTransformer read-out with torch's AdamW."""
     model = config.init_model()
     model.train()
-    trainable = [p for name, p in model.named_parameters() if not name.endswith(FROZEN_PARAMETERS)]
+    trainable = [p for name, p in backend.parameters(model).items() if not name.endswith(FROZEN_PARAMETERS)]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     rows = config.train_indices()
     tokens, labels = config.task.tokens()[rows], config.task.labels()[rows]
@@ -86,7 +97,7 @@ def engine_epoch(config: TrainConfig, n_members: int):
     """One engine epoch for a stack of ``n_members`` seeds of ``config``."""
     configs = [config.replace(seed=seed) for seed in range(n_members)]
     arch = Architecture.from_config(config.model_config())
-    params = stack_parameters([dict(c.init_model().named_parameters()) for c in configs])
+    params = stack_parameters([backend.weights(c.init_model()) for c in configs])
     trainable = [name for name in params if not name.endswith(FROZEN_PARAMETERS)]
     for name in trainable:
         params[name].requires_grad_(True)
@@ -105,7 +116,8 @@ def engine_epoch(config: TrainConfig, n_members: int):
     return epoch
 
 
-def benchmark(name: str, config: TrainConfig, members: list[int], steps: int, repeats: int) -> None:
+def benchmark(name: str, config: TrainConfig, members: list[int], steps: int, repeats: int,
+              clock=time.perf_counter) -> None:
     n_rows = len(config.train_indices())
     products = readout_products(config, n_rows)
     flops = product_flops(products)
@@ -115,17 +127,19 @@ def benchmark(name: str, config: TrainConfig, members: list[int], steps: int, re
         epoch()
     floors, times = [], {label: [] for label in variants}
     for _ in range(repeats):
-        floors.append(time_products(products, repeats=1))
+        floors.append(time_products(products, repeats=1, clock=clock))
         for label, (epoch, n_models) in variants.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(steps):
                 epoch()
-            times[label].append((time.perf_counter() - start) / steps / n_models)
+            times[label].append((clock() - start) / steps / n_models)
     floor = statistics.median(floors)
     print(f"\n{name}: p = {config.p}, {n_rows} train rows, n_ctx {config.task.n_ctx}; "
-          f"{torch.get_num_threads()} torch threads; {repeats} rounds x {steps} epochs")
+          f"{torch.get_num_threads()} torch threads; {repeats} rounds x {steps} epochs; "
+          f"{'process CPU' if clock is time.process_time else 'wall'} time")
     print(f"  floor: read-out step products {flops / 1e9:.2f} GFLOP in {floor * 1e3:.1f} ms "
           f"({flops / floor / 1e9:.0f} GFLOP/s measured)")
+    print(f"  engine step products {product_flops(engine_products(config, n_rows)) / 1e9:.2f} GFLOP per member")
     print(f"  {'variant':<14} {'ms per model-epoch':>19} {'/ floor':>8}")
     for label, values in times.items():
         median = statistics.median(values)
@@ -138,13 +152,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--members", type=int, nargs="+", default=[1, 8, 64], help="stack sizes to time")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time (an idle machine), or process CPU time (one thread on a shared machine: "
+                             "time the process waits for a core is not counted)")
     parser.add_argument("--shapes", nargs="+", default=["nanda", "pizza"], choices=["nanda", "pizza"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.shapes:
         benchmark(f"[{'N23' if name == 'nanda' else 'Z23'}] {name}", TrainConfig.preset(name), args.members,
-                  args.steps, args.repeats)
+                  args.steps, args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
 
 
 if __name__ == "__main__":

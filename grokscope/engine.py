@@ -16,8 +16,16 @@ optimiser update serve all M members:
 The forward is the read-out of models.final_logits. For one-layer models it uses that the inputs are
 tokens: the residual stream before attention at position i is ``W_E[t_i] + W_pos[i]``, so queries,
 keys and values are per-token tables (vocabulary x heads x d_head, computed once per step) gathered
-per row, and the only products over the batch are the attention output W_O, the MLP and W_U.
-Deeper models run the plain stacked forward.
+per row. After attention only the activation is nonlinear, so the linear maps around it are merged
+once per step (``fused_readout``): with z the heads' mixed values and r = W_E[t_last] + W_pos[last] + b_O,
+
+    pre    = z (W_O W_in) + [r W_in + b_in]
+    logits = z (W_O W_U) + act(pre) (W_out W_U) + [(r + b_out) W_U + b_U]
+
+where the bracketed terms are per-token tables. Three products over the batch (d_model x d_mlp,
+d_model x d_vocab_out, d_mlp x d_vocab_out per row) replace four (W_O, W_in, W_out, W_U); merging
+pays when the read-out is narrow, d_mlp d_vocab_out < d_model (d_model + d_mlp), as in both papers'
+networks. Deeper models run the plain stacked forward.
 
 >>> import torch
 >>> from grokscope import backend
@@ -169,9 +177,23 @@ def _head_matrix(weight: Float[Tensor, "M h d e"]) -> Float[Tensor, "M d he"]:
     return weight.permute(0, 2, 1, 3).flatten(2)
 
 
+def fused_readout(arch: Architecture) -> bool:
+    """Whether merging the maps around the activation saves products (module docstring): per row
+    d_model d_mlp + d_model d_vocab_out + d_mlp d_vocab_out multiply-adds against
+    d_model^2 + 2 d_model d_mlp + d_model d_vocab_out.
+
+    >>> fused_readout(Architecture(1, 128, 4, 32, 512, "relu", 114, 113, 3, True))  # [N23]
+    True
+    >>> fused_readout(Architecture(1, 128, 4, 32, 512, "relu", 212, 211, 3, True))  # p = 211: 4 products
+    False
+    """
+    d, f, c = arch.d_model, arch.d_mlp, arch.d_vocab_out
+    return arch.n_heads * arch.d_head * (f + c) + f * c < d * d + 2 * d * f + d * c
+
+
 def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Tensor, alpha: Tensor) -> Tensor:
     """Read-out logits of one-layer members from per-token query, key and value tables."""
-    attn = "blocks.0.attn"
+    attn, mlp = "blocks.0.attn", "blocks.0.mlp"
     n_models, n_rows, n_pos = tokens.shape
     heads, d_head = arch.n_heads, arch.d_head
     # resid[m, i, v] = W_E[v] + W_pos[i]: the residual stream at position i when the token there is v.
@@ -183,7 +205,8 @@ def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Ten
     v_table = torch.bmm(flat, _head_matrix(params[f"{attn}.W_V"])) + params[f"{attn}.b_V"].flatten(1)[:, None]
     # Position i's rows of the (position, token) tables are indexed by i * vocab + token.
     position_tokens = (tokens + torch.arange(n_pos, device=tokens.device) * vocab).flatten(1)
-    q = _gather_rows(q_table, tokens[..., -1]).view(n_models, n_rows, 1, heads, d_head)
+    last_tokens = tokens[..., -1]
+    q = _gather_rows(q_table, last_tokens).view(n_models, n_rows, 1, heads, d_head)
     k = _gather_rows(k_table, position_tokens).view(n_models, n_rows, n_pos, heads, d_head)
     v = _gather_rows(v_table, position_tokens).view(n_models, n_rows, n_pos, heads, d_head)
     # With n_pos keys of d_head each, products over the batch are cheaper elementwise than as matmuls.
@@ -191,9 +214,20 @@ def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Ten
     pattern = _mix(scores.softmax(dim=2), alpha)
     z = (pattern[..., None] * v).sum(2).flatten(2)                                      # M N (h e)
     w_o = params[f"{attn}.W_O"].flatten(1, 2)                                           # M (h e) d
-    resid_last = _gather_rows(resid[:, -1], tokens[..., -1])
-    resid_mid = resid_last + torch.baddbmm(params[f"{attn}.b_O"][:, None], z, w_o)
-    return _mlp_and_unembed(params, arch, 0, resid_mid)
+    if not fused_readout(arch):
+        resid_last = _gather_rows(resid[:, -1], last_tokens)
+        resid_mid = resid_last + torch.baddbmm(params[f"{attn}.b_O"][:, None], z, w_o)
+        return _mlp_and_unembed(params, arch, 0, resid_mid)
+    W_in, W_U = params[f"{mlp}.W_in"], params["unembed.W_U"]
+    last = resid[:, -1] + params[f"{attn}.b_O"][:, None]                                # M v d
+    in_table = torch.baddbmm(params[f"{mlp}.b_in"][:, None], last, W_in)                # M v d_mlp
+    # b_out joins the table's rows rather than a one-row product: BLAS may round a one-row product
+    # differently for one member and for a stack, and members must not depend on their stack-mates.
+    out_table = torch.baddbmm(params["unembed.b_U"][:, None], last + params[f"{mlp}.b_out"][:, None], W_U)
+    pre = torch.baddbmm(_gather_rows(in_table, last_tokens), z, torch.bmm(w_o, W_in))
+    post = ACTIVATIONS[arch.act_fn](pre)
+    direct = torch.baddbmm(_gather_rows(out_table, last_tokens), z, torch.bmm(w_o, W_U))
+    return torch.baddbmm(direct, post, torch.bmm(params[f"{mlp}.W_out"], W_U))
 
 
 def _deep_logits(params: dict[str, Tensor], arch: Architecture, tokens: Tensor, alpha: Tensor) -> Tensor:
@@ -288,6 +322,22 @@ def micro_batch_size(n_rows: int, device: str | torch.device) -> int:
     return max(1, 4096 // max(n_rows, 1))
 
 
+def evaluation_rows_per_pass(n_members: int, n_rows: int, device: str | torch.device) -> int:
+    """Rows per forward pass when no gradient is needed: all on a GPU; on a CPU the same ~4,096 rows
+    per pass as ``micro_batch_size``, split evenly (an [N23] member's 5,109 test rows go as two halves).
+
+    Large passes cost more per row on a CPU than a few smaller ones (their buffers leave the caches and
+    are fresh memory each time), and rows without gradients are independent, so they may go in parts.
+
+    >>> evaluation_rows_per_pass(1, 5109, "cpu"), evaluation_rows_per_pass(15, 265, "cpu")
+    (2555, 265)
+    """
+    if torch.device(device).type != "cpu":
+        return max(n_rows, 1)
+    parts = max(1, math.ceil(n_members * n_rows / 4096))
+    return max(1, math.ceil(n_rows / parts))
+
+
 @dataclass
 class StepValues:
     """What one pass over the train rows gives: per-member mean losses, accuracies and gradients."""
@@ -300,34 +350,47 @@ class StepValues:
 
 def train_pass(params: dict[str, Tensor], trainable: list[str], arch: Architecture, rows: MemberRows,
                alpha: Float[Tensor, "M"], *, micro_batch: int, gradients: bool = True,
-               accuracy: bool = False, keep_logits: bool = False) -> StepValues:
+               accuracy: bool = False, keep_logits: bool = False, rows_per_pass: int | None = None) -> StepValues:
     """Losses (float64 mean cross-entropy per member), optionally accuracies, and gradients of their sum.
 
     Members go through in groups of ``micro_batch``; each member's values depend on its own parameters
-    only, so grouping changes nothing but the order of float32 sums.
+    only, so grouping changes nothing but the order of float32 sums. Without gradients, each group's
+    rows may go in parts of ``rows_per_pass`` (``evaluation_rows_per_pass``); the float64 means then
+    add the same rows in another order.
     """
-    n_models = rows.tokens.shape[0]
+    n_models, n_rows = rows.tokens.shape[:2]
     losses, correct, kept = [], [], []
     grads = {name: torch.empty_like(params[name]) for name in trainable} if gradients else None
+    step_rows = n_rows if gradients or rows_per_pass is None else max(1, rows_per_pass)
     for begin in range(0, n_models, micro_batch):
         end = min(begin + micro_batch, n_models)
         part = {name: tensor[begin:end] for name, tensor in params.items()}
         if gradients:
             for name in trainable:
                 part[name] = part[name].detach().requires_grad_(True)
-        sub = MemberRows(rows.tokens[begin:end], rows.labels[begin:end], rows.valid[begin:end], rows.counts[begin:end])
-        with torch.set_grad_enabled(gradients):
-            logits = stacked_logits(part, arch, sub.tokens, alpha[begin:end])
-            loss = sub.mean(member_nll(logits, sub.labels))
+        counts = rows.counts[begin:end].double()
+        nll_sum, hits, group_logits, members = None, 0.0, [], slice(begin, end)
+        for first in range(0, n_rows, step_rows):
+            chunk = slice(first, first + step_rows)
+            tokens, labels, valid = rows.tokens[members, chunk], rows.labels[members, chunk], rows.valid[members, chunk]
+            with torch.set_grad_enabled(gradients):
+                logits = stacked_logits(part, arch, tokens, alpha[begin:end])
+                part_sum = torch.where(valid, member_nll(logits, labels), 0.0).sum(1)
+                nll_sum = part_sum if nll_sum is None else nll_sum + part_sum
+            if keep_logits:
+                group_logits.append(logits.detach())
+            if accuracy:
+                with torch.no_grad():
+                    hits = hits + (valid & (logits.argmax(-1) == labels)).sum(1).double()
+        loss = nll_sum / counts
         if gradients:
             for name, grad in zip(trainable, torch.autograd.grad(loss.sum(), [part[name] for name in trainable])):
                 grads[name][begin:end] = grad
         losses.append(loss.detach())
         if keep_logits:
-            kept.append(logits.detach())
+            kept.append(torch.cat(group_logits, dim=1))
         if accuracy:
-            with torch.no_grad():
-                correct.append(sub.mean((logits.argmax(-1) == sub.labels).double()))
+            correct.append(hits / counts)
     return StepValues(torch.cat(losses), torch.cat(correct) if accuracy else None, grads,
                       torch.cat(kept) if keep_logits else None)
 

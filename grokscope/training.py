@@ -32,7 +32,8 @@ import grokscope
 from grokscope import backend
 from grokscope import checkpoints as ck
 from grokscope.engine import (FROZEN_PARAMETERS, Architecture, MemberRows, MemberSettings, StackedAdamW,
-                              StackedGrokfast, StepValues, activation_bytes_per_member, available_memory, member_state_dict,
+                              StackedGrokfast, StepValues, activation_bytes_per_member, available_memory,
+                              evaluation_rows_per_pass, member_state_dict,
                               members_per_chunk, micro_batch_size, stack_parameters, state_bytes_per_member,
                               train_pass)
 from grokscope.errors import GrokscopeError
@@ -338,7 +339,9 @@ class _Stack:
 
     def pass_over(self, rows: MemberRows, gradients: bool, accuracy: bool, logits: bool = False) -> StepValues:
         return train_pass(self.params, self.trainable, self.arch, rows, self.alpha, micro_batch=self.micro_batch,
-                          gradients=gradients, accuracy=accuracy, keep_logits=logits)
+                          gradients=gradients, accuracy=accuracy, keep_logits=logits,
+                          rows_per_pass=evaluation_rows_per_pass(min(self.micro_batch, len(self.members)),
+                                                                 rows.tokens.shape[1], self.device))
 
     def monitor_rows(self, values: StepValues, step: int, logging: list[bool]) -> list[dict | None]:
         """Each logging member's train-only columns (``grokscope.monitor``) from this step's train logits."""

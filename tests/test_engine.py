@@ -10,8 +10,9 @@ import torch
 from grokscope import backend
 from grokscope import checkpoints as ck
 from grokscope.engine import (Architecture, MemberRows, MemberSettings, StackedAdamW,
-                              StackedGrokfast, activation_bytes_per_member, member_nll, members_per_chunk,
-                              stack_parameters, stacked_logits, state_bytes_per_member, train_pass)
+                              StackedGrokfast, activation_bytes_per_member, evaluation_rows_per_pass, fused_readout,
+                              member_nll, members_per_chunk, stack_parameters, stacked_logits, state_bytes_per_member,
+                              train_pass)
 from grokscope.errors import GrokscopeError
 from grokscope.models import build_model, final_logits, nanda_config, pizza_config
 from grokscope.tasks import Task
@@ -33,17 +34,21 @@ def _randomised(model, seed):
     return model
 
 
-@pytest.mark.parametrize("layout, n_layers, act_fn, alpha", [
-    ("nanda", 1, "relu", 1.0), ("pizza", 1, "relu", 0.3), ("pizza", 1, "gelu", 0.0),
-    ("nanda", 2, "gelu_new", 1.0), ("pizza", 2, "silu", 0.7),
-    pytest.param("nanda", 1, "gelu_fast", 0.5, marks=pytest.mark.skipif(
-        backend.LINE == 4, reason="TransformerLens 4 has no gelu_fast (refused: tests/test_backend.py)"))])
-def test_stacked_logits_equal_each_hooked_transformer(layout, n_layers, act_fn, alpha):
+@pytest.mark.parametrize("layout, n_layers, act_fn, alpha, d_model", [
+    ("nanda", 1, "relu", 1.0, 32), ("pizza", 1, "relu", 0.3, 32), ("pizza", 1, "gelu", 0.0, 32),
+    ("nanda", 2, "gelu_new", 1.0, 32), ("pizza", 2, "silu", 0.7, 32),
+    pytest.param("nanda", 1, "gelu_fast", 0.5, 32, marks=pytest.mark.skipif(
+        backend.LINE == 4, reason="TransformerLens 4 has no gelu_fast (refused: tests/test_backend.py)")),
+    ("nanda", 1, "relu", 0.6, 8), ("pizza", 1, "gelu", 1.0, 8)])
+def test_stacked_logits_equal_each_hooked_transformer(layout, n_layers, act_fn, alpha, d_model):
     task = Task(p=23, eq_token=layout == "nanda")
     make = nanda_config if layout == "nanda" else pizza_config
-    models = [_randomised(build_model(make(task, n_layers=n_layers, d_model=32, act_fn=act_fn), alpha), seed)
+    models = [_randomised(build_model(make(task, n_layers=n_layers, d_model=d_model, act_fn=act_fn), alpha), seed)
               for seed in (0, 1, 2)]
     arch = Architecture.from_config(models[0].cfg)
+    # d_model 32: the one-layer path merges the maps around the activation; d_model 8 (a read-out wider
+    # than the model) keeps the four products
+    assert fused_readout(arch) == (d_model == 32)
     params = stack_parameters([backend.weights(m) for m in models])
     tokens = task.tokens()
     logits = stacked_logits(params, arch, tokens.expand(3, -1, -1), torch.full((3,), alpha))
@@ -94,6 +99,31 @@ def test_micro_batches_change_nothing_but_rounding():
         logits = final_logits(model, rows.tokens[i][own])
         assert whole.losses[i].item() == pytest.approx(member_nll(logits[None], rows.labels[i][own][None]).mean().item(),
                                                        rel=1e-5)
+
+
+def test_evaluation_in_parts_gives_the_whole_pass():
+    """Rows without gradients may go in parts (a CPU evaluates ~4,096 rows at a time): same values."""
+    task = Task(p=23)
+    alpha = torch.tensor([1.0, 0.3])
+    models = [_randomised(build_model(nanda_config(task, d_model=32), alpha[s].item()), s) for s in range(2)]
+    arch = Architecture.from_config(models[0].cfg)
+    params = stack_parameters([backend.weights(m) for m in models])
+    rows = MemberRows.from_indices(task.tokens(), task.labels(), [task.split(0.6, 0), task.split(0.4, 1)])
+    assert evaluation_rows_per_pass(2, rows.tokens.shape[1], "cpu") == rows.tokens.shape[1]
+    assert evaluation_rows_per_pass(1, 5109, "cpu") == 2555 and evaluation_rows_per_pass(1, 5109, "cuda") == 5109
+    whole = train_pass(params, [], arch, rows, alpha, micro_batch=2, gradients=False, accuracy=True, keep_logits=True)
+    parts = train_pass(params, [], arch, rows, alpha, micro_batch=1, gradients=False, accuracy=True, keep_logits=True,
+                       rows_per_pass=50)  # parts of 50 rows, the last one shorter, padding rows in it
+    # passes of other sizes may round the float32 logits in their last bits (another blocking), and
+    # the float64 sums add in another order: a few float32 ulps of relative error at most
+    torch.testing.assert_close(parts.losses, whole.losses, rtol=1e-6, atol=0)
+    one_row = 1.0 / rows.counts.min().item()  # a near-tie could flip one row's argmax, nothing more
+    torch.testing.assert_close(parts.accuracy, whole.accuracy, rtol=0, atol=one_row + 1e-12)
+    _assert_same_logits(parts.logits, whole.logits)
+    for i, model in enumerate(models):  # and against each model's own forward on its own rows
+        own = rows.valid[i]
+        expected = member_nll(final_logits(model, rows.tokens[i][own])[None], rows.labels[i][own][None]).mean()
+        assert parts.losses[i].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_stacked_adamw_is_torch_adamw_per_member():
