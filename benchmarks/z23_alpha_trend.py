@@ -11,7 +11,9 @@ every epoch count on its schedule.
     python benchmarks/z23_alpha_trend.py --out runs/z23_alpha [--steps 500,1000,2000] [--figure trend.png]
     python benchmarks/z23_alpha_trend.py --out runs/z23_alpha --no-train    # analyse what is there
 
-``--figure`` writes the figure of docs/populations.md (plotly + kaleido) for the steps given.
+``--figure`` writes the figure of docs/populations.md for the steps analysed (plotly's PNG export
+needs ``pip install kaleido`` and a chromium). docs/populations.md ("Reproducing [Z23]'s
+attention-rate trend") has the results and the cost.
 """
 
 import argparse

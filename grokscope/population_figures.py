@@ -142,9 +142,10 @@ def alpha_trend_figure(trends: Mapping[str, Sequence[Any]], published: Sequence[
     centres = [(b.low + b.high) / 2 for b in published]
     palette = ("#1f77b4", "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#17becf")
     for col, quartiles in ((1, [b.gs for b in published]), (2, [b.di_runnerup for b in published])):
-        fig.add_trace(go.Scatter(x=centres + centres[::-1], y=[q.q3 for q in quartiles] + [q.q1 for q in quartiles][::-1],
-                                 fill="toself", fillcolor="rgba(232,113,10,0.18)", line=dict(width=0),
-                                 hoverinfo="skip", name="[Z23] quartiles", showlegend=col == 1), row=1, col=col)
+        band = [q.q3 for q in quartiles] + [q.q1 for q in quartiles][::-1]  # up the q3 side, back down q1
+        fig.add_trace(go.Scatter(x=centres + centres[::-1], y=band, fill="toself", fillcolor="rgba(232,113,10,0.18)",
+                                 line=dict(width=0), hoverinfo="skip", name="[Z23] quartiles",
+                                 showlegend=col == 1), row=1, col=col)
         fig.add_trace(go.Scatter(x=centres, y=[q.median for q in quartiles], mode="lines+markers",
                                  line=dict(color=LABEL_COLORS["pizza"], width=2), name="[Z23] median",
                                  showlegend=col == 1), row=1, col=col)
