@@ -198,6 +198,9 @@ def _add_analyze(subparsers) -> None:
     population.add_argument("--axes", nargs="+", metavar="AXIS",
                             help="the one or two axes of the phase diagrams (default: attention rate x width "
                                  "when swept, else the first swept axes)")
+    population.add_argument("--step", type=_number(int, 0), metavar="N",
+                            help="measure every member's checkpoint at step N instead of its final one "
+                                 "(default output: PATH/grokscope/step_N/)")
     parser.set_defaults(handler=_run_analyze)
 
 
@@ -212,16 +215,18 @@ def _run_analyze(args: argparse.Namespace) -> int:
             raise GrokscopeError(f"--axes {' '.join(args.axes)}", expected="one or two axis names",
                                  where="grokscope analyze")
         population, out_dir = analyze_population(args.path, args.out, workers=args.workers, axes=args.axes,
-                                                 report=not args.no_report, progress=not args.quiet)
+                                                 report=not args.no_report, progress=not args.quiet,
+                                                 step=args.step)
         if args.json:
             print(json.dumps(population.summary, indent=2))
         else:
             print(format_population(population))
             print(f"wrote {out_dir}/")
         return 0
-    if args.axes is not None:
-        raise GrokscopeError(f"--axes for {args.path}", expected="a sweep folder, or --population for a folder "
-                             "of runs", where="grokscope analyze")
+    for option, value in (("--axes", args.axes), ("--step", args.step)):
+        if value is not None:
+            raise GrokscopeError(f"{option} for {args.path}", expected="a sweep folder, or --population for a "
+                                 "folder of runs", where="grokscope analyze")
     summary, out_dir = analyze_path(args.path, args.out, workers=args.workers, trust_pickle=args.trust_pickle,
                                     progress=not args.quiet, report=not args.no_report, pathways=args.pathways)
     if args.json:

@@ -8,9 +8,12 @@ and its axes the settings that vary between them.
 
 Members are streamed: each is loaded, its final checkpoint measured and classified [Z23], and only
 its table row is kept, so memory stays flat in the number of members; ``workers`` processes do
-members in parallel (one torch thread each). Only the final checkpoint is measured (no per-checkpoint
-measures); the memorisation and grokking steps come from log.csv (first logged step with train /
-test accuracy >= 99%, as ``grokscope.training.summarize``).
+members in parallel (one torch thread each). One checkpoint per member is measured (no per-checkpoint
+measures): the final one, or with ``step=N`` the one at step N, so one sweep answers what its
+members were after N epochs (full-batch training with a constant learning rate: checkpoint N of a
+longer run is the run that stopped at N). The memorisation and grokking steps come from log.csv
+(first logged step, up to the measured one, with train / test accuracy >= 99%, as
+``grokscope.training.summarize``).
 """
 
 import csv
@@ -121,10 +124,30 @@ def _number(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def measure_member(root: str | os.PathLike, member: Member, thresholds=None) -> dict[str, Any]:
+def _checkpoint_at(run, step: int):
+    """The model at checkpoint ``step`` of ``run`` and its index; GrokscopeError naming the steps there are."""
+    if step not in run.steps:
+        shown = ", ".join(str(s) for s in run.steps[-8:]) or "none"
+        raise GrokscopeError(f"no checkpoint at step {step} (latest steps: {shown})",
+                             expected=f"a checkpoint at step {step}: a step of the run's schedule it has reached",
+                             where=run.source)
+    index = run.steps.index(step)
+    return run.model(index), index
+
+
+def _log_until(log: dict[str, list], step: int) -> dict[str, list]:
+    """The rows of a log.csv with step <= ``step``."""
+    keep = [i for i, s in enumerate(log["step"]) if s <= step]
+    return {column: [values[i] for i in keep] for column, values in log.items()}
+
+
+def measure_member(root: str | os.PathLike, member: Member, thresholds=None, step: int | None = None
+                   ) -> dict[str, Any]:
     """The population.csv row of one member: settings, steps from log.csv, final measures, signatures.
 
-    A member that cannot be read or measured gets a row with ``error`` set (and no measures).
+    With ``step`` the checkpoint at that step is measured instead of the final one, and the
+    memorisation and grokking steps are read from the log up to it. A member that cannot be read or
+    measured (or has no checkpoint at ``step``) gets a row with ``error`` set (and no measures).
     """
     from grokscope.analysis import _final_model, measure_checkpoint
     from grokscope.classifier import STRICT, classify_signatures, with_thresholds
@@ -137,12 +160,16 @@ def measure_member(root: str | os.PathLike, member: Member, thresholds=None) -> 
     try:
         run = load_run(Path(root) / member.path)
         row.update({k: v for k, v in _settings_of(run, member.settings).items()})
-        model, index, _errors = _final_model(run)
-        if model is None:
-            raise GrokscopeError("no readable checkpoint", expected="at least one", where=run.source)
+        if step is None:
+            model, index, _errors = _final_model(run)
+            if model is None:
+                raise GrokscopeError("no readable checkpoint", expected="at least one", where=run.source)
+        else:
+            model, index = _checkpoint_at(run, step)
         row["final_step"] = run.steps[index]
-        if run.log and run.log.get("step"):
-            memorised, grokked = first_step_at(run.log, "train_acc"), first_step_at(run.log, "test_acc")
+        log = run.log if step is None or not run.log else _log_until(run.log, step)
+        if log and log.get("step"):
+            memorised, grokked = first_step_at(log, "train_acc"), first_step_at(log, "test_acc")
             row.update(memorization_step=memorised, grokking_step=grokked,
                        delay_ratio=grokked / memorised if memorised and grokked is not None else None,
                        delay_steps=grokked - memorised if memorised is not None and grokked is not None else None)
@@ -173,12 +200,12 @@ def measure_member(root: str | os.PathLike, member: Member, thresholds=None) -> 
 
 # ----- streaming -----------------------------------------------------------------------------------
 _JOB: tuple | None = None
-"""(root, thresholds) inherited by forked workers."""
+"""(root, thresholds, step) inherited by forked workers."""
 
 
 def _measure_in_worker(member: Member) -> dict[str, Any]:
-    root, thresholds = _JOB
-    return measure_member(root, member, thresholds)
+    root, thresholds, step = _JOB
+    return measure_member(root, member, thresholds, step)
 
 
 def _init_worker() -> None:
@@ -188,17 +215,17 @@ def _init_worker() -> None:
 
 
 def stream_rows(root: str | os.PathLike, members: Sequence[Member], *, workers: int = 1,
-                thresholds=None) -> Iterator[dict[str, Any]]:
+                thresholds=None, step: int | None = None) -> Iterator[dict[str, Any]]:
     """Yield one row per member, in member order; with ``workers > 1`` forked processes measure them
     (each holds one model at a time and is replaced after a while, so no process grows)."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise GrokscopeError(f"workers = {workers!r}", expected="a whole number >= 1", where="analyze")
     if workers == 1 or len(members) < 2:
         for member in members:
-            yield measure_member(root, member, thresholds)
+            yield measure_member(root, member, thresholds, step)
         return
     global _JOB
-    _JOB = (str(root), thresholds)
+    _JOB = (str(root), thresholds, step)
     try:
         with multiprocessing.get_context("fork").Pool(min(workers, len(members)), initializer=_init_worker,
                                                       maxtasksperchild=50) as pool:
@@ -252,17 +279,39 @@ def _varying(members: Sequence[Member], rows: Sequence[dict]) -> list[str]:
     return pop.varying_axes(rows, candidates)
 
 
+def output_folder(path: str | os.PathLike, step: int | None = None) -> Path:
+    """Where the analysis of a population goes by default: ``path/grokscope/``, or
+    ``path/grokscope/step_N/`` for the analysis at step N.
+
+    >>> output_folder("sweeps/alpha").as_posix(), output_folder("sweeps/alpha", 1000).as_posix()
+    ('sweeps/alpha/grokscope', 'sweeps/alpha/grokscope/step_1000')
+    """
+    folder = Path(path) / OUTPUT_FOLDER
+    return folder if step is None else folder / f"step_{step}"
+
+
+def check_step(step: Any, where: str = "analyze") -> int | None:
+    """``step`` as given when it is None or a whole number >= 0; GrokscopeError otherwise."""
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+        raise GrokscopeError(f"step = {step!r}", expected="a whole number >= 0 (a checkpoint step), or none "
+                             "for each member's final checkpoint", where=where)
+    return step
+
+
 def analyze_population(path: str | os.PathLike, out: str | os.PathLike | None = None, *, workers: int = 1,
                        axes: Sequence[str] | None = None, bins: dict | None = None, report: bool = True,
-                       thresholds=None, progress: bool = False) -> tuple[pop.Population, Path]:
+                       thresholds=None, progress: bool = False, step: int | None = None
+                       ) -> tuple[pop.Population, Path]:
     """Measure every member of the sweep or folder ``path`` and write population.csv, summary.json
-    and (with ``report``) report.html into ``out`` (default ``path/grokscope/``).
+    and (with ``report``) report.html into ``out`` (default ``output_folder(path, step)``).
 
     ``axes`` names the two axes of the main phase diagrams (default: ``population.default_axes`` of
-    the swept axes). Returns the Population and the output folder.
+    the swept axes). ``step`` measures each member's checkpoint at that step instead of its final one
+    (a member without one gets a row with its error). Returns the Population and the output folder.
     """
     from grokscope.progress import progress_bar
 
+    check_step(step)
     root = Path(path)
     if not root.is_dir():
         raise GrokscopeError("not a folder", expected="a sweep folder or a folder of runs", where=str(root))
@@ -276,12 +325,12 @@ def analyze_population(path: str | os.PathLike, out: str | os.PathLike | None = 
     if not members:
         raise GrokscopeError("no member with a run folder yet" if sweep else "no run or model",
                              expected="a sweep with trained members or a folder of runs", where=str(root))
-    out_dir = Path(out) if out is not None else root / OUTPUT_FOLDER
+    out_dir = Path(out) if out is not None else output_folder(root, step)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     if not sweep:  # the axes of a plain folder are the settings that vary: known once members are read
         with progress_bar(len(members), desc="analyze population", enabled=progress, unit="member") as bar:
-            for row in stream_rows(root, members, workers=workers, thresholds=thresholds):
+            for row in stream_rows(root, members, workers=workers, thresholds=thresholds, step=step):
                 rows.append(row)
                 bar.update(1)
         swept = _varying(members, rows)
@@ -295,7 +344,7 @@ def analyze_population(path: str | os.PathLike, out: str | os.PathLike | None = 
                 progress_bar(len(members), desc="analyze sweep", enabled=progress, unit="member") as bar:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(columns)
-            for row in stream_rows(root, members, workers=workers, thresholds=thresholds):
+            for row in stream_rows(root, members, workers=workers, thresholds=thresholds, step=step):
                 writer.writerow([_cell(row.get(c)) for c in columns])  # streamed to disk as measured
                 rows.append({c: row.get(c) for c in columns})
                 bar.update(1)
@@ -308,7 +357,7 @@ def analyze_population(path: str | os.PathLike, out: str | os.PathLike | None = 
             raise GrokscopeError(f"axis {axis!r}", expected=f"a column of population.csv, e.g. one of "
                                  f"{swept or list(SETTINGS)}", where="--axes")
     summary = population_summary(rows, swept, chosen, bins, source=str(root),
-                                 fmt="sweep" if sweep else "collection", pending=pending, spec=spec)
+                                 fmt="sweep" if sweep else "collection", pending=pending, spec=spec, step=step)
     write_json(out_dir / SUMMARY_FILE, summary)
     population = pop.Population(rows=rows, axes=list(swept), root=str(root), summary=summary)
     if report:
@@ -328,11 +377,14 @@ def _csv_text(columns: list[str], rows: Sequence[dict]) -> str:
 
 
 def population_summary(rows: Sequence[dict], swept: Sequence[str], chosen: Sequence[str], bins: dict | None, *,
-                       source: str, fmt: str, pending: Sequence[Member] = (), spec: dict | None = None) -> dict:
-    """summary.json of a population: label fractions overall and per cell of the swept axes."""
+                       source: str, fmt: str, pending: Sequence[Member] = (), spec: dict | None = None,
+                       step: int | None = None) -> dict:
+    """summary.json of a population: label fractions overall and per cell of the swept axes.
+
+    ``step`` is the checkpoint step every member was measured at (None: each member's final one)."""
     measured = [r for r in rows if not r.get("error")]
     summary = {"grokscope_version": __version__, "source": {"path": source, "format": fmt},
-               "members": len(rows) + len(pending), "analysed": len(measured),
+               "step": step, "members": len(rows) + len(pending), "analysed": len(measured),
                "phase_axes": list(chosen),
                **pop.summary(measured, list(swept), bins),
                "skipped": [{"path": r.get("path"), "error": r.get("error")} for r in rows if r.get("error")]
@@ -343,16 +395,18 @@ def population_summary(rows: Sequence[dict], swept: Sequence[str], chosen: Seque
 
 
 def load_sweep(path: str | os.PathLike, *, reanalyze: bool = False, workers: int = 1,
-               progress: bool = False) -> pop.Population:
-    """The Population of the sweep (or folder of runs) ``path``.
+               progress: bool = False, step: int | None = None) -> pop.Population:
+    """The Population of the sweep (or folder of runs) ``path``, at each member's final checkpoint or
+    at checkpoint ``step``.
 
-    Reads ``path/grokscope/population.csv`` when it covers every member that has a run folder;
-    otherwise (or with ``reanalyze``) analyses the members first (``analyze_population``).
+    Reads ``output_folder(path, step)/population.csv`` when it covers every member that has a run
+    folder; otherwise (or with ``reanalyze``) analyses the members first (``analyze_population``).
     """
+    check_step(step, where="load_sweep")
     root = Path(path)
     if not root.is_dir():
         raise GrokscopeError("not a folder", expected="a sweep folder or a folder of runs", where=str(root))
-    table = root / OUTPUT_FOLDER / POPULATION_FILE
+    table = output_folder(root, step) / POPULATION_FILE
     if table.is_file() and not reanalyze:
         rows = read_population_csv(table)
         known = {str(r.get("id")) for r in rows}
@@ -363,12 +417,12 @@ def load_sweep(path: str | os.PathLike, *, reanalyze: bool = False, workers: int
             members, swept = folder_members(root), None
             current = all(m.id in known for m in members)
         if current:
-            summary_file = root / OUTPUT_FOLDER / SUMMARY_FILE
+            summary_file = output_folder(root, step) / SUMMARY_FILE
             summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
             if swept is None:
                 swept = list((summary or {}).get("axes") or _varying(members, rows))
             return pop.Population(rows=rows, axes=list(swept), root=str(root), summary=summary)
-    population, _ = analyze_population(root, workers=workers, progress=progress)
+    population, _ = analyze_population(root, workers=workers, progress=progress, step=step)
     return population
 
 

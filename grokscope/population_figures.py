@@ -118,6 +118,56 @@ def label_fractions_by(rows: Sequence[Mapping[str, Any]], axis: str, *, bins: Ma
     return fig
 
 
+def alpha_trend_figure(trends: Mapping[str, Sequence[Any]], published: Sequence[Any] | None = None, *,
+                       title: str | None = None) -> go.Figure:
+    """[Z23]'s attention-rate trend against a sweep's: median gradient symmetricity (left) and median
+    runner-up distance irrelevance (right) per alpha bin.
+
+    ``trends`` maps a name (e.g. "1000 epochs") to that sweep's ``alpha_trend.bin_trends``; each is
+    drawn as medians with bars from the bin's smallest to its largest member. The published medians
+    (``alpha_trend.Z23_ONE_LAYER`` by default) are a line with their inter-quartile range shaded.
+
+    >>> from grokscope.alpha_trend import bin_trends
+    >>> rows = [{"alpha": 0.05, "accuracy": 1.0, "gradient_symmetricity": 0.99, "distance_irrelevance_runnerup": 0.3}]
+    >>> [trace.name for trace in alpha_trend_figure({"ours": bin_trends(rows)}).data][-2:]
+    ['ours', 'ours']
+    """
+    from plotly.subplots import make_subplots
+
+    from grokscope.alpha_trend import Z23_ONE_LAYER
+
+    published = Z23_ONE_LAYER if published is None else published
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("median gradient symmetricity",
+                                                        "median distance irrelevance (runner-up)"))
+    centres = [(b.low + b.high) / 2 for b in published]
+    palette = ("#1f77b4", "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#17becf")
+    for col, quartiles in ((1, [b.gs for b in published]), (2, [b.di_runnerup for b in published])):
+        band = [q.q3 for q in quartiles] + [q.q1 for q in quartiles][::-1]  # up the q3 side, back down q1
+        fig.add_trace(go.Scatter(x=centres + centres[::-1], y=band, fill="toself", fillcolor="rgba(232,113,10,0.18)",
+                                 line=dict(width=0), hoverinfo="skip", name="[Z23] quartiles",
+                                 showlegend=col == 1), row=1, col=col)
+        fig.add_trace(go.Scatter(x=centres, y=[q.median for q in quartiles], mode="lines+markers",
+                                 line=dict(color=LABEL_COLORS["pizza"], width=2), name="[Z23] median",
+                                 showlegend=col == 1), row=1, col=col)
+    for k, (name, bins) in enumerate(trends.items()):
+        colour = palette[k % len(palette)]
+        x = [(t.low + t.high) / 2 + 0.012 * (k - (len(trends) - 1) / 2) for t in bins]  # side by side
+        for col, (mid, low, high) in ((1, ("gs_median", "gs_min", "gs_max")), (2, ("di_median", "di_min", "di_max"))):
+            y = [getattr(t, mid) for t in bins]
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="markers", marker=dict(color=colour, size=8), name=name, showlegend=col == 1,
+                error_y=dict(type="data", symmetric=False, array=[getattr(t, high) - v for t, v in zip(bins, y)],
+                             arrayminus=[v - getattr(t, low) for t, v in zip(bins, y)], color=colour),
+                text=[f"{t.label}: n={t.n}" for t in bins],
+                hovertemplate="%{text}<br>median %{y:.3f}<extra>" + name + "</extra>"), row=1, col=col)
+    fig.update_xaxes(title_text="attention rate alpha", range=[-0.02, 1.02], dtick=0.1)
+    fig.update_yaxes(range=[0.3, 1.02], row=1, col=1)
+    fig.update_yaxes(range=[0.0, 1.02], row=1, col=2)
+    fig.update_layout(title=title or "[Z23]'s attention-rate trend", height=420, width=980,
+                      legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

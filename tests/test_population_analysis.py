@@ -200,3 +200,42 @@ def test_memory_stays_flat_in_the_number_of_members(sweep_dir, tmp_path):
     # their rows (well under 1 MB), never 30 models
     assert peaks[40] - peaks[10] < 1_000_000, peaks
     assert not math.isnan(peaks[40])
+
+
+def test_step_measures_every_member_at_that_checkpoint(sweep_dir, tmp_path, capsys):
+    root = tmp_path / "alpha"
+    shutil.copytree(sweep_dir, root)
+    assert main(["analyze", str(root), "--step", "60", "--quiet", "--no-report"]) == 0
+    assert f"wrote {root / 'grokscope' / 'step_60'}/" in capsys.readouterr().out
+    out = root / "grokscope" / "step_60"
+    rows = read_population_csv(out / "population.csv")
+    assert len(rows) == 4 and json.loads((out / "summary.json").read_text())["step"] == 60
+    for row in rows:
+        run = gs.load_run(root / row["path"])
+        assert row["final_step"] == 60 and run.steps[-1] == 120
+        # the log up to step 60 only, as a run stopped there would have written it
+        early = {k: [v for s, v in zip(run.log["step"], values) if s <= 60] for k, values in run.log.items()}
+        assert row["memorization_step"] == first_step_at(early, "train_acc")
+        assert row["grokking_step"] == first_step_at(early, "test_acc")
+        s = gs.classify(run.model(run.steps.index(60)), run.task).signatures
+        assert row["gradient_symmetricity"] == pytest.approx(s.gradient_symmetricity, abs=1e-12)
+        assert row["distance_irrelevance_runnerup"] == pytest.approx(s.di_runnerup, abs=1e-12)
+        assert row["accuracy"] == pytest.approx(s.accuracy, abs=1e-12)
+    # not the final checkpoint's values (the members still change between steps 60 and 120)
+    final = {r["id"]: r for r in analyze_population(root, tmp_path / "final", report=False)[0].rows}
+    assert any(abs(r["gradient_symmetricity"] - final[r["id"]]["gradient_symmetricity"]) > 1e-6 for r in rows)
+    assert [r["id"] for r in gs.load_sweep(root, step=60).rows] == [r["id"] for r in rows]  # read back
+
+
+def test_a_step_without_checkpoints_and_bad_steps_are_named(sweep_dir, tmp_path, capsys):
+    population, _ = analyze_population(sweep_dir, tmp_path / "s61", step=61, report=False)
+    # the message names the step asked for and the steps the member has (its latest ones)
+    assert all("no checkpoint at step 61" in r["error"] and "100, 120" in r["error"] for r in population.rows)
+    assert population.summary["analysed"] == 0 and len(population.summary["skipped"]) == 5  # 4 + the pending one
+    for bad in (-1, True, 1.5):
+        with pytest.raises(GrokscopeError, match="step"):
+            analyze_population(sweep_dir, tmp_path / "bad", step=bad)
+    run = sorted((sweep_dir / "runs").iterdir())[0]
+    assert main(["analyze", str(run), "--step", "60", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("grokscope: ") and "--step" in err and len(err.strip().splitlines()) == 1
