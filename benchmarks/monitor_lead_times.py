@@ -22,35 +22,55 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "monitor"
 
-GROKKING = [(f"fast_s{s}", ["--preset", "fast", "--seed", str(s), "--split-seed", str(s)]) for s in range(10)]
+LOG_EVERY = 2
+"""The validation runs log (and run the live monitor) every 2 steps, so that the table can replay the
+detector at any cadence that divides it (``table --every N``); logging changes nothing in training."""
+
+
+def _fast(name: str, seed: int, *extra: str) -> tuple[str, list[str]]:
+    return name, ["--preset", "fast", "--seed", str(seed), "--split-seed", str(seed), "--log-every", str(LOG_EVERY),
+                  *extra]
+
+
+GROKKING = [_fast(f"fast_s{s}", s) for s in range(10)]
 """Ten seeds (initialisation and split) of the ``fast`` recipe: they grok within 1,000 epochs."""
 
-NON_GROKKING = [
-    *[(f"wd0_s{s}", ["--preset", "fast", "--weight-decay", "0", "--seed", str(s), "--split-seed", str(s)])
-      for s in range(3)],
-    *[(f"frac015_s{s}", ["--preset", "fast", "--frac", "0.15", "--seed", str(s), "--split-seed", str(s)])
-      for s in range(2)],
-]
+NON_GROKKING = [*[_fast(f"wd0_s{s}", s, "--weight-decay", "0") for s in range(3)],
+                *[_fast(f"frac015_s{s}", s, "--frac", "0.15") for s in range(2)]]
 """Runs expected not to grok in 1,000 epochs: no weight decay (3 seeds), 15% train data (2 seeds)."""
 
-RUNS = GROKKING + NON_GROKKING
+DESIGN = GROKKING + NON_GROKKING
+"""The runs the detector's rule was designed on (in-sample)."""
+
+HELD_OUT_GROKKING = [_fast(f"fast_s{s}", s) for s in range(10, 20)]
+"""Fresh seeds of the ``fast`` recipe, run only once the rule was frozen (out of sample)."""
+
+HELD_OUT_NON_GROKKING = [*[_fast(f"wd0_s{s}", s, "--weight-decay", "0") for s in range(3, 6)],
+                         *[_fast(f"frac015_s{s}", s, "--frac", "0.15") for s in range(2, 4)]]
+"""Fresh runs that should not grok: weight decay 0 (seeds 3 to 5), 15% train data (seeds 2 and 3)."""
+
+HELD_OUT = HELD_OUT_GROKKING + HELD_OUT_NON_GROKKING
+
+RUNS = DESIGN + HELD_OUT
 
 
-def training_order() -> list[tuple[str, list[str]]]:
+def training_order(runs=None) -> list[tuple[str, list[str]]]:
     """Grokking and non-grokking runs interleaved, so a partial pass already has both kinds."""
-    order, rest = [], list(NON_GROKKING)
-    for i, run in enumerate(GROKKING):
+    runs = RUNS if runs is None else runs
+    grokking = [run for run in runs if run[0].startswith("fast_")]
+    order, rest = [], [run for run in runs if not run[0].startswith("fast_")]
+    for run in grokking:
         order.append(run)
         if rest:
             order.append(rest.pop(0))
     return order + rest
 
 
-def train_all(threads: int = 1) -> None:
-    """Train every run of ``RUNS`` that is not finished yet (``grokscope train`` resumes or skips)."""
+def train_all(threads: int = 1, runs=None) -> None:
+    """Train every run of ``runs`` (default ``RUNS``) not finished yet (``grokscope train`` resumes or skips)."""
     OUT.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    for name, args in training_order():
+    for name, args in training_order(runs):
         command = [sys.executable, "-m", "grokscope.cli", "train", "--out", str(OUT / name), "--quiet",
                    "--threads", str(threads), *args]
         print(" ".join(command[1:]), flush=True)
@@ -196,10 +216,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("train", "table", "pathways"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", choices=("design", "held-out", "all"), default="all",
+                        help="which runs: the design set, the held-out set, or both (default)")
     parser.add_argument("--nanda", metavar="DIR", help="a finished nanda-preset run to add to the table")
     args = parser.parse_args(argv)
     if args.what == "train":
-        train_all(args.threads)
+        train_all(args.threads, {"design": DESIGN, "held-out": HELD_OUT, "all": RUNS}[args.set])
         return 0
     if args.what == "pathways":
         for name in PATHWAY_RUNS:
