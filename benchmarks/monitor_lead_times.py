@@ -132,8 +132,8 @@ def score_run(path: Path, every: int | None = None) -> dict:
     forecast = (f"{detection.first_forecast_step} (at {detection.first_forecast_at})"
                 if detection.first_forecast_step is not None else None)
     return {"run": path.name, "rows": f"log, every {rows['step'][1] - rows['step'][0]}" if live else "checkpoints",
-            "memorised": detection.memorised_step, "since": detection.peak_step,
-            "alarm": detection.circuit_step, "cleanup": detection.cleanup_step,
+            "memorised": detection.memorised_step, "since": detection.since_step,
+            "alarm": detection.circuit_step, "trigger": detection.trigger, "cleanup": detection.cleanup_step,
             "generalised": detection.generalised_step, "forecast": forecast,
             "cleanup_forecast": detection.cleanup_forecast_step,
             "test50": first_step(log["step"], log["test_acc"], 0.5),
@@ -156,16 +156,16 @@ def _cell(value) -> str:
 
 def markdown(scores: list[dict]) -> str:
     """The lead-time table: one row per run, then the counts the goal asks for."""
-    head = ("| run | rows | memorised | circuit since | alarm | cleanup | generalised | first forecast (made at) "
-            "| forecast at cleanup | test 50% | test 99% | test acc at alarm | alarm lead on 50% | alarm lead on 99% "
+    head = ("| run | rows | memorised | circuit since | alarm | trigger | cleanup | generalised "
+            "| first forecast (made at) | forecast at cleanup | test 50% | test 99% | test acc at alarm | alarm lead on 50% | alarm lead on 99% "
             "| final test acc |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in scores:
         leads = [s[t] - s["alarm"] if s["alarm"] is not None and s[t] is not None else None
                  for t in ("test50", "test99")]
-        lines.append("| " + " | ".join(_cell(s[k]) for k in ("run", "rows", "memorised", "since", "alarm", "cleanup",
-                                                               "generalised", "forecast", "cleanup_forecast",
-                                                               "test50", "test99"))
+        keys = ("run", "rows", "memorised", "since", "alarm", "trigger", "cleanup", "generalised", "forecast",
+                "cleanup_forecast", "test50", "test99")
+        lines.append("| " + " | ".join(_cell(s[k]) for k in keys)
                      + f" | {_cell(s['acc_at_alarm'])} | {_cell(leads[0])} | {_cell(leads[1])} "
                        f"| {_cell(s['final_test_acc'])} |")
     return "\n".join(lines)

@@ -302,7 +302,7 @@ data) would count, although its key frequencies explain nothing (restricted loss
 MIN_FORECAST_ROWS = 3
 """Rows since the alarm (and since the peak of the ratio) needed before the detector forecasts."""
 
-TRIGGERS = ("weights", "ratio")
+TRIGGERS = ("weight", "ratio")
 """What set the alarm off: the weight norm turning over, or the ratio falling ``FALL``-fold."""
 
 
@@ -318,7 +318,7 @@ class Detection:
         circuit_step: the alarm: the first step where the restricted loss is at most ``CHANCE_SHARE``
             x ln p and either the sum of squared weights is ``WEIGHT_FALL`` below its peak since
             memorisation or r = restricted / train loss is at most its peak / ``FALL``.
-        trigger: which of ``TRIGGERS`` fired first (both at once: "weights").
+        trigger: which of ``TRIGGERS`` fired first (both at once: "weight").
         weight_peak_step: the step of the largest sum of squared weights since memorisation, tracked
             until the alarm.
         peak_step: the step of the peak ratio r since memorisation (tracked until cleanup; after a
@@ -365,14 +365,15 @@ def describe_detection(detection: dict) -> str:
     """One line for a ``Detection.to_dict()``: the phase, the alarm and the forecast.
 
     >>> describe_detection(Detection(phase="circuit forming", since_step=74, circuit_step=78,
-    ...                              trigger="weights", forecast_step=540).to_dict())
-    'circuit forming; circuit formation under way since step 74 (detected at 78 by the weights), grokking forecast near step 540'
+    ...                              trigger="weight").to_dict())
+    'circuit forming; circuit formation under way since step 74 (detected at 78 by the weight trigger)'
     """
     if detection.get("circuit_step") is None:
         return f"{detection['phase']} (no circuit formation detected)"
     since = detection.get("since_step", detection.get("peak_step"))        # older results: the ratio's peak
-    by = f" by the {detection['trigger']}" if detection.get("trigger") else ""
-    text = f"{detection['phase']}; circuit formation under way since step {since} (detected at {detection['circuit_step']}{by})"
+    by = f" by the {detection['trigger']} trigger" if detection.get("trigger") else ""
+    text = (f"{detection['phase']}; circuit formation under way since step {since} "
+            f"(detected at {detection['circuit_step']}{by})")
     if detection.get("generalised_step") is not None:
         text += f", generalised (train-only rule) at step {detection['generalised_step']}"
     elif detection.get("forecast_step") is not None:
@@ -407,7 +408,7 @@ class PhaseDetector:
     'circuit forming'
     'generalised'
     >>> d.detection.weight_peak_step, d.detection.circuit_step, d.detection.trigger, d.detection.peak_step
-    (10, 20, 'weights', 20)
+    (10, 20, 'weight', 20)
     """
 
     def __init__(self, p: int):

@@ -160,13 +160,14 @@ def test_the_weight_trigger_fires_one_row_after_the_norm_turns_over():
     # The norm's peak is the row at step 80; the next row is 0.5% below it (> WEIGHT_FALL = 0.1%).
     detection, phases = _feed(_turning_weights())
     assert detection.memorised_step == 60 and detection.weight_peak_step == 80
-    assert detection.circuit_step == 82 and detection.trigger == "weights" and detection.since_step == 80
+    assert detection.circuit_step == 82 and detection.trigger == "weight" and detection.since_step == 80
     assert phases[:12] == ["memorising"] * 11 + ["circuit forming"]
-    assert "since step 80 (detected at 82 by the weights)" in describe_detection(detection.to_dict())
+    assert "since step 80 (detected at 82 by the weight trigger)" in describe_detection(detection.to_dict())
     # r only grows here, so the ratio trigger alone (a table without the weight column) never fires.
     assert _feed([row[:4] for row in _turning_weights()])[0].circuit_step is None
     # A fall smaller than WEIGHT_FALL is no alarm: a flat norm wobbling by 0.05% stays quiet.
-    flat = [(s, 1.0, 1e-3 / (i + 1), 0.3, 1000.0 * (1 - WEIGHT_FALL / 2 * (i % 2))) for i, s in enumerate(range(60, 400, 2))]
+    flat = [(s, 1.0, 1e-3 / (i + 1), 0.3, 1000.0 * (1 - WEIGHT_FALL / 2 * (i % 2)))
+            for i, s in enumerate(range(60, 400, 2))]
     assert _feed(flat)[0].circuit_step is None
 
 
@@ -203,7 +204,7 @@ def test_detector_moves_through_the_phases_and_forecasts_an_exponential_decay():
     # peak; the phases after it and the forecast (fitted from r's peak on) are unchanged.
     weighted = [(*row, 1000.0 - abs(s - 60)) for row, s in zip(rows, steps)]
     early, early_phases = _feed(weighted)
-    assert early.circuit_step == 70 and early.trigger == "weights" and early.since_step == 60
+    assert early.circuit_step == 70 and early.trigger == "weight" and early.since_step == 60
     assert early.peak_step == 100 and early.forecast_step == 330
     assert (early.cleanup_step, early.generalised_step) == (220, 340)
     assert early_phases[steps.index(70):steps.index(220)] == ["circuit forming"] * (steps.index(220) - steps.index(70))
