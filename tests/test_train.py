@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from grokscope import checkpoints as ck
 from grokscope.cli import PRESET_NAMES, main
 from grokscope.errors import GrokscopeError
+from grokscope.formats import native
 from grokscope.models import build_model, cross_entropy_f64
 from grokscope.training import PRESETS, TrainConfig, summarize, train
 
@@ -243,6 +244,14 @@ def test_cli_train_prints_a_summary_and_errors_in_one_line(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x"), "--p", "12"]) == 2
     assert capsys.readouterr().err.strip() == ("grokscope: train: argument --p: found 12, which is not prime; "
                                                "expected an odd prime such as 23, 59 or 113 (see grokscope train --help)")
+
+
+def test_cli_log_every_sets_the_log_rows(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--preset", "fast", "--p", "11", "--d-model", "16", "--quiet"]
+    assert main(args + ["--epochs", "7", "--log-every", "3"]) == 0
+    log = native.read(out).log
+    assert log["step"] == [0, 3, 6, 7] and len(log["trainonly_train_loss"]) == 4     # the last step always
 
 
 def test_cli_help_is_fast_and_lists_train():
