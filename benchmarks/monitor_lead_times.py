@@ -222,9 +222,36 @@ def summary_lines(scores: list[dict]) -> str:
         f"{max(s['acc_at_alarm'] for s in scores):.3f}"])
 
 
+CADENCES = (2, 4, 10)
+"""Monitor cadences (steps between log rows) the ``cadences`` table replays."""
+
+
+def _counts(scores: list[dict]) -> tuple[int, int]:
+    """(alarms before test accuracy reaches 50% or on a run that never does, alarms at all)."""
+    early = sum(1 for s in scores if s["alarm"] is not None and (s["test50"] is None or s["alarm"] < s["test50"]))
+    return early, sum(1 for s in scores if s["alarm"] is not None)
+
+
+def cadence_table(cadences=CADENCES) -> str:
+    """Per run set and cadence: grokking runs alarmed before test 50%, non-grokking runs alarmed at all."""
+    sets = [("design set", GROKKING, NON_GROKKING), ("held out", HELD_OUT_GROKKING, HELD_OUT_NON_GROKKING)]
+    lines = ["| runs | " + " | ".join(f"monitor every {n} steps" for n in cadences) + " |",
+             "|---|" + "---|" * len(cadences)]
+    for title, grokking, never in sets:
+        for kind, runs in (("grokking: alarm before test 50%", grokking), ("non-grokking: false alarms", never)):
+            paths = [OUT / name for name, _ in runs if _finished(OUT / name)]
+            cells = []
+            for every in cadences:
+                scores = [score_run(path, every) for path in paths]
+                early, fired = _counts(scores)
+                cells.append(f"{early if kind.startswith('grokking') else fired} of {len(scores)}")
+            lines.append(f"| {title}, {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("train", "table", "pathways"))
+    parser.add_argument("what", choices=("train", "table", "cadences", "pathways"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", choices=("design", "held-out", "all"), default="all",
                         help="which runs: the design set, the held-out set, or both (default)")
@@ -234,6 +261,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.what == "train":
         train_all(args.threads, {"design": DESIGN, "held-out": HELD_OUT, "all": RUNS}[args.set])
+        return 0
+    if args.what == "cadences":
+        print(cadence_table(CADENCES))
         return 0
     if args.what == "pathways":
         for name in PATHWAY_RUNS:
@@ -258,9 +288,7 @@ def main(argv=None) -> int:
         paths = [Path(name) if args is None else (OUT / name if title != "nanda" else Path(name))
                  for name, args in runs]
         scores = [score_run(path, args.every if title != "nanda" else None) for path in paths if _finished(path)]
-        early = sum(1 for s in scores if s["alarm"] is not None
-                    and (s["test50"] is None or s["alarm"] < s["test50"]))
-        fired = sum(1 for s in scores if s["alarm"] is not None)
+        early, fired = _counts(scores)
         print(f"\n### {title} ({len(scores)} runs; alarm before test 50%: {early}; alarm at all: {fired})\n")
         print(markdown(scores))
         grokked = [s for s in scores if s["test99"] is not None and s["alarm"] is not None]
