@@ -118,9 +118,10 @@ def every_nth_row(log: dict[str, list], every: int) -> dict[str, list]:
     return {column: [values[i] for i in keep] for column, values in log.items()}
 
 
-def score_run(path: Path, every: int | None = None) -> dict:
+def score_run(path: Path, every: int | None = None, ratio_only: bool = False) -> dict:
     """Detection, forecast and the test-accuracy steps of one run, the detector reading every ``every``-th
-    step's row of the live log (None: every row there is)."""
+    step's row of the live log (None: every row there is). ``ratio_only`` hides the weight column, which
+    leaves the ratio trigger alone: the previous rule."""
     from grokscope.formats import native
     from grokscope.monitor import detect_phases
 
@@ -128,6 +129,8 @@ def score_run(path: Path, every: int | None = None) -> dict:
     log = run.log                          # test accuracy is always read at the finest logged step
     live = "trainonly_restricted_loss" in log and not any(v != v for v in log["trainonly_restricted_loss"])
     rows = every_nth_row(log, every) if live and every is not None else log
+    if ratio_only:
+        rows = {column: values for column, values in rows.items() if column != "trainonly_sum_sq_weights"}
     detection, _ = detect_phases(rows if live else measure_run(path), run.task.p)
     forecast = (f"{detection.first_forecast_step} (at {detection.first_forecast_at})"
                 if detection.first_forecast_step is not None else None)
@@ -238,14 +241,14 @@ def cadence_table(cadences=CADENCES) -> str:
     lines = ["| runs | " + " | ".join(f"monitor every {n} steps" for n in cadences) + " |",
              "|---|" + "---|" * len(cadences)]
     for title, grokking, never in sets:
-        for kind, runs in (("grokking: alarm before test 50%", grokking), ("non-grokking: false alarms", never)):
-            paths = [OUT / name for name, _ in runs if _finished(OUT / name)]
-            cells = []
-            for every in cadences:
-                scores = [score_run(path, every) for path in paths]
-                early, fired = _counts(scores)
-                cells.append(f"{early if kind.startswith('grokking') else fired} of {len(scores)}")
-            lines.append(f"| {title}, {kind} | " + " | ".join(cells) + " |")
+        for rule, ratio_only in (("", False), (" (ratio trigger only: the previous rule)", True)):
+            for kind, runs in (("grokking: alarm before test 50%", grokking), ("non-grokking: false alarms", never)):
+                paths = [OUT / name for name, _ in runs if _finished(OUT / name)]
+                cells = []
+                for every in cadences:
+                    early, fired = _counts([score_run(path, every, ratio_only) for path in paths])
+                    cells.append(f"{early if kind.startswith('grokking') else fired} of {len(paths)}")
+                lines.append(f"| {title}, {kind}{rule} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
