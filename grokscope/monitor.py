@@ -514,10 +514,11 @@ class TrainOnlyMonitor:
     advances the detector; ``.phase`` and ``.detection`` say where the run stands. Pass the read-out
     logits the training step already computed on the train rows (any row order matching
     ``train_indices``) and the call needs no forward pass: its cost is one least-squares fit of
-    (n_train x (2|K| + 1)) against p columns plus Fourier transforms of W_E and W_L, about a tenth of
-    one full-batch training step (measured at p = 59, d_model 128: 48 ms against 465 ms per step on a
-    loaded 2-core CPU), so about 1% of training when called every 10 steps. ``seconds`` accumulates
-    the time actually spent, so a trainer can report it.
+    (n_train x (2|K| + 1)) against p columns plus Fourier transforms of W_E and W_L, about a seventh of
+    one full-batch training step (measured at p = 59, d_model 128 on a loaded 2-core CPU: 7% of training
+    when called every 2 steps), so about 3.5% every 4 steps and 1.4% every 10. The detector sees only
+    the rows it is given: a finer cadence gives an earlier alarm (docs/monitor.md). ``seconds``
+    accumulates the time actually spent, so a trainer can report it.
 
     ``weights`` is a HookedTransformer or its state dict (e.g. one model's slice of a batched trainer's
     stacked parameters, named as in HookedTransformer).
