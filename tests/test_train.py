@@ -254,6 +254,16 @@ def test_cli_log_every_sets_the_log_rows(tmp_path):
     assert log["step"] == [0, 3, 6, 7] and len(log["trainonly_train_loss"]) == 4     # the last step always
 
 
+def test_the_log_cadence_changes_nothing_in_training(tmp_path):
+    # Logging (and the train-only monitor at each log row) only reads the weights: the same run logged
+    # every 2 or every 5 steps ends with the same weights (bitwise: same machine, same thread count).
+    config = TrainConfig.preset("fast", p=13, d_model=16, epochs=20)
+    runs = [train(config.replace(log_every=every), tmp_path / str(every), progress=False) for every in (2, 5)]
+    assert runs[0].log["step"][:3] == [0, 2, 4] and runs[1].log["step"][:3] == [0, 5, 10]
+    final = [run.model(-1).state_dict() for run in runs]
+    assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
+
+
 def test_cli_help_is_fast_and_lists_train():
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "grokscope.cli", "--help"], capture_output=True, text=True,
