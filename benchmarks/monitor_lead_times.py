@@ -1,15 +1,18 @@
 """Validate the train-only phase detector: lead times on grokking runs, false alarms on runs that never grok.
 
 Trains (one at a time, one torch thread, resumable) the runs listed in ``RUNS`` under ``runs/monitor/``,
-then replays the train-only monitor over every checkpoint of each run, exactly as training calls it
-at log steps, and prints the markdown tables of docs/monitor.md:
+each logged every ``LOG_EVERY`` steps, then replays the train-only detector over their logs, at any
+cadence that is a multiple of that, and prints the markdown tables of docs/monitor.md:
 
-    python benchmarks/monitor_lead_times.py train      # trains what is missing (slow: minutes per run)
-    python benchmarks/monitor_lead_times.py table      # measures and prints the tables
+    python benchmarks/monitor_lead_times.py train [--set design|held-out]   # slow: minutes per run
+    python benchmarks/monitor_lead_times.py table --set design --every 4     # the design set's tables
+    python benchmarks/monitor_lead_times.py table --set held-out --every 4   # the held-out set's
+    python benchmarks/monitor_lead_times.py cadences   # alarm counts every 2, 4, 10 steps, new and previous rule
     python benchmarks/monitor_lead_times.py table --nanda runs/nanda   # adds the [N23] preset run
     python benchmarks/monitor_lead_times.py pathways   # pathway measures at the milestones of a few runs
 
-The detector never sees a test row; test accuracy comes from each run's log.csv, only to score it.
+The rule was designed on ``DESIGN`` and frozen before ``HELD_OUT`` was scored. The detector never sees
+a test row; test accuracy comes from each run's log.csv, at its finest resolution, only to score it.
 """
 
 import argparse
