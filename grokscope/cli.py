@@ -112,6 +112,8 @@ def _add_train(subparsers) -> None:
     settings.add_argument("--alpha", type=_number(float, 0, 1), metavar="A", help="attention rate in [0, 1] (1 = standard attention)")
     settings.add_argument("--grokfast", action="store_true", default=None, help="use Grokfast-EMA")
     settings.add_argument("--checkpoint-every", type=_number(int, 1), metavar="N", help="steps between regular checkpoints")
+    settings.add_argument("--log-every", type=_number(int, 1), metavar="N",
+                          help="steps between rows of log.csv (the train-only monitor runs at each)")
     parser.add_argument("--threads", type=_number(int, 1, _cpu_count(), high_name=f"{_cpu_count()} (this machine's cores)"),
                         metavar="N",
                         help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy "
@@ -123,7 +125,7 @@ def _add_train(subparsers) -> None:
 
 
 _TRAIN_OVERRIDES = ("seed", "split_seed", "p", "op", "frac", "epochs", "d_model", "weight_decay", "lr", "alpha",
-                    "grokfast", "checkpoint_every")
+                    "grokfast", "checkpoint_every", "log_every")
 
 
 def _run_train(args: argparse.Namespace) -> int:

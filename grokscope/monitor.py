@@ -286,15 +286,25 @@ MEMORISED_ACC = 0.99
 """Train accuracy from which the train set counts as memorised."""
 
 FALL = 2.0
-"""Circuit formation: the restricted-to-train loss ratio has fallen this factor below its peak."""
+"""Circuit formation, ratio trigger: the restricted-to-train loss ratio has fallen this factor below its peak."""
+
+WEIGHT_FALL = 0.001
+"""Circuit formation, weight trigger: the sum of squared weights has fallen this fraction (0.1%) below
+its peak since memorisation. AdamW's decay has started to shrink the network while the train set stays
+memorised: the removal of the memorising part that [N23] calls circuit formation. Without weight decay
+Adam keeps the norm growing after memorisation, so the weights never turn over; the margin keeps a
+tiny wobble of a flat norm from counting."""
 
 CHANCE_SHARE = 0.5
-"""...and the restricted loss is below this share of chance, ln p: the key frequencies alone carry the
-train fit. Without it a train-loss bump after memorisation (weight decay pruning a memorised set)
-lowers the ratio on runs whose key frequencies explain nothing (restricted loss at chance)."""
+"""Either trigger also needs the restricted loss at most this share of chance, ln p: the key
+frequencies alone carry the train fit. Without it weight decay pruning a memorised set (too little
+data) would count, although its key frequencies explain nothing (restricted loss at chance)."""
 
 MIN_FORECAST_ROWS = 3
-"""Rows since the alarm needed before the detector forecasts the grokking step."""
+"""Rows since the alarm (and since the peak of the ratio) needed before the detector forecasts."""
+
+TRIGGERS = ("weight", "ratio")
+"""What set the alarm off: the weight norm turning over, or the ratio falling ``FALL``-fold."""
 
 
 @dataclass
@@ -304,17 +314,23 @@ class Detection:
     Attributes:
         phase: one of ``PHASES``.
         memorised_step: first step with train accuracy >= ``MEMORISED_ACC``.
-        peak_step: the step of the peak ratio r = restricted / train loss since memorisation;
-            "circuit formation under way since" this step.
-        circuit_step: the alarm: first step where r <= peak / ``FALL`` and the restricted loss is
-            at most ``CHANCE_SHARE`` x ln p.
+        since_step: "circuit formation under way since" this step: the peak whose fall set the alarm
+            off (of the weight norm, or of the ratio).
+        circuit_step: the alarm: the first step where the restricted loss is at most ``CHANCE_SHARE``
+            x ln p and either the sum of squared weights is ``WEIGHT_FALL`` below its peak since
+            memorisation or r = restricted / train loss is at most its peak / ``FALL``.
+        trigger: which of ``TRIGGERS`` fired first (both at once: "weight").
+        weight_peak_step: the step of the largest sum of squared weights since memorisation, tracked
+            until the alarm.
+        peak_step: the step of the peak ratio r since memorisation (tracked until cleanup; after a
+            weight alarm r usually peaks a few rows later).
         cleanup_step: first step (after the alarm) where log r has covered half its way from the
             peak to 0 (r <= sqrt(peak)).
         generalised_step: first step (after the alarm) where r <= 1: the key frequencies alone fit
             the train rows at least as well as the whole model.
-        forecast_step: the step where a straight line through log r since the alarm reaches 0
-            (None before ``MIN_FORECAST_ROWS`` rows or while log r is not falling); updated at every
-            row until ``generalised_step``, then kept.
+        forecast_step: the step where a straight line through log r since the later of the alarm
+            and the peak of r reaches 0 (None before ``MIN_FORECAST_ROWS`` rows or while log r is not
+            falling); updated at every row until ``generalised_step``, then kept.
         first_forecast_step, first_forecast_at: the first forecast and the step it was made at.
         cleanup_forecast_step: the forecast made at ``cleanup_step``.
         ratio: r at the last row; peak_ratio: r at ``peak_step``.
@@ -322,8 +338,11 @@ class Detection:
 
     phase: str = PHASES[0]
     memorised_step: int | None = None
-    peak_step: int | None = None
+    since_step: int | None = None
     circuit_step: int | None = None
+    trigger: str | None = None
+    weight_peak_step: int | None = None
+    peak_step: int | None = None
     cleanup_step: int | None = None
     generalised_step: int | None = None
     forecast_step: int | None = None
@@ -332,6 +351,7 @@ class Detection:
     cleanup_forecast_step: int | None = None
     ratio: float = NAN
     peak_ratio: float = NAN
+    weight_peak: float = NAN
 
     def message(self) -> str:
         """The conclusion in one line (``describe_detection``)."""
@@ -345,14 +365,16 @@ class Detection:
 def describe_detection(detection: dict) -> str:
     """One line for a ``Detection.to_dict()``: the phase, the alarm and the forecast.
 
-    >>> describe_detection(Detection(phase="circuit forming", peak_step=80, circuit_step=120,
-    ...                              forecast_step=540).to_dict())
-    'circuit forming; circuit formation under way since step 80 (detected at 120), grokking forecast near step 540'
+    >>> describe_detection(Detection(phase="circuit forming", since_step=74, circuit_step=78,
+    ...                              trigger="weight").to_dict())
+    'circuit forming; circuit formation under way since step 74 (detected at 78 by the weight trigger)'
     """
     if detection.get("circuit_step") is None:
         return f"{detection['phase']} (no circuit formation detected)"
-    text = (f"{detection['phase']}; circuit formation under way since step {detection['peak_step']} "
-            f"(detected at {detection['circuit_step']})")
+    since = detection.get("since_step", detection.get("peak_step"))        # older results: the ratio's peak
+    by = f" by the {detection['trigger']} trigger" if detection.get("trigger") else ""
+    text = (f"{detection['phase']}; circuit formation under way since step {since} "
+            f"(detected at {detection['circuit_step']}{by})")
     if detection.get("generalised_step") is not None:
         text += f", generalised (train-only rule) at step {detection['generalised_step']}"
     elif detection.get("forecast_step") is not None:
@@ -361,9 +383,11 @@ def describe_detection(detection: dict) -> str:
 
 
 DETECTOR_RULE = (f"r = trainonly_restricted_loss / trainonly_train_loss (K: top {MAX_KEY_FREQS} W_E frequencies "
-                 f"above max/4); memorising until train acc >= {MEMORISED_ACC}, then r <= (peak r since then) / "
-                 f"{FALL:g} with restricted loss <= {CHANCE_SHARE:g} ln p; cleaning up once r <= sqrt(peak); "
-                 f"generalised once r <= 1; forecast: where a line through log r since the alarm reaches 0")
+                 f"above max/4), W = trainonly_sum_sq_weights; memorising until train acc >= {MEMORISED_ACC}; then "
+                 f"circuit forming at the first row with restricted loss <= {CHANCE_SHARE:g} ln p and either "
+                 f"W <= (1 - {WEIGHT_FALL:g}) x (peak W since memorisation) or r <= (peak r since then) / {FALL:g}; "
+                 f"cleaning up once r <= sqrt(peak r); generalised once r <= 1; forecast: where a line through "
+                 f"log r since the alarm and the peak of r reaches 0")
 """The detector's rule in words, stored with every result."""
 
 
@@ -372,24 +396,29 @@ class PhaseDetector:
 
     Causal by construction: the state after a row depends only on that row and the ones before, so the
     phase shown live in training is the phase ``detect_phases`` gives for the same log prefix.
+    ``sum_sq_weights`` may be NaN (a table without it): then only the ratio trigger can fire.
 
     >>> d = PhaseDetector(p=23)
-    >>> for step, (tl, rl) in enumerate([(1e-2, 0.5), (1e-3, 0.5), (2e-3, 0.2), (1e-3, 1e-3)]):
-    ...     d.update(step * 10, train_acc=1.0, train_loss=tl, restricted_loss=rl).phase
+    >>> rows = [(0.5, 1e-2, 0.5, 100.0), (1.0, 1e-3, 0.5, 101.0), (1.0, 1e-3, 0.6, 100.5), (1.0, 2e-3, 0.2, 100.0),
+    ...         (1.0, 1e-3, 1e-3, 99.0)]
+    >>> for step, (acc, tl, rl, w) in enumerate(rows):
+    ...     d.update(step * 10, train_acc=acc, train_loss=tl, restricted_loss=rl, sum_sq_weights=w).phase
     'memorising'
     'memorising'
     'circuit forming'
+    'circuit forming'
     'generalised'
-    >>> d.detection.peak_step, d.detection.circuit_step
-    (10, 20)
+    >>> d.detection.weight_peak_step, d.detection.circuit_step, d.detection.trigger, d.detection.peak_step
+    (10, 20, 'weight', 20)
     """
 
     def __init__(self, p: int):
         self.chance = math.log(p)
         self.detection = Detection()
-        self._log: list[tuple[int, float]] = []        # (step, log r) since the alarm
+        self._log: list[tuple[int, float]] = []        # (step, log r) since the alarm and the peak of r
 
-    def update(self, step: int, *, train_acc: float, train_loss: float, restricted_loss: float) -> Detection:
+    def update(self, step: int, *, train_acc: float, train_loss: float, restricted_loss: float,
+               sum_sq_weights: float = NAN) -> Detection:
         """Take one row (the train-only measures at ``step``) and return the updated detection."""
         d = self.detection
         if d.memorised_step is None:
@@ -400,11 +429,21 @@ class PhaseDetector:
             return d
         r = max(restricted_loss, 1e-300) / train_loss
         d.ratio = r
+        new_peak = not r <= d.peak_ratio                   # a new peak of r (or the first row)
+        if new_peak and d.cleanup_step is None:
+            d.peak_ratio, d.peak_step = r, int(step)
+            self._log.clear()                              # the forecast fits the fall after the peak only
         if d.circuit_step is None:
-            if not r <= d.peak_ratio:                  # a new peak (or the first row): not falling yet
-                d.peak_ratio, d.peak_step = r, int(step)
-            elif r <= d.peak_ratio / FALL and restricted_loss <= CHANCE_SHARE * self.chance:
+            weights_fell = False
+            if not math.isnan(sum_sq_weights):
+                if not sum_sq_weights <= d.weight_peak:
+                    d.weight_peak, d.weight_peak_step = sum_sq_weights, int(step)
+                weights_fell = sum_sq_weights <= (1.0 - WEIGHT_FALL) * d.weight_peak
+            ratio_fell = not new_peak and r <= d.peak_ratio / FALL
+            if (weights_fell or ratio_fell) and restricted_loss <= CHANCE_SHARE * self.chance:
                 d.circuit_step, d.phase = int(step), PHASES[1]
+                d.trigger = TRIGGERS[0] if weights_fell else TRIGGERS[1]
+                d.since_step = d.weight_peak_step if weights_fell else d.peak_step
         if d.circuit_step is not None and d.generalised_step is None:
             self._log.append((int(step), math.log(r)))
             d.forecast_step = _forecast(self._log)
@@ -435,22 +474,28 @@ def _forecast(points: list[tuple[int, float]]) -> int | None:
     return int(round(mean_s - mean_y / slope))
 
 
+_DETECTOR_INPUTS = ("train_acc", "train_loss", "restricted_loss", "sum_sq_weights")
+
+
 def detect_phases(table: dict[str, list], p: int) -> tuple[Detection, list[str]]:
     """Replay ``PhaseDetector(p)`` over a table with trainonly_* columns: (final detection, phase per row).
 
-    Rows are taken in step order; rows with a NaN measure leave the state as it was.
+    Rows are taken in step order; rows with a NaN train accuracy, train loss or restricted loss leave
+    the state as it was. A table without ``trainonly_sum_sq_weights`` (an older log) replays with the
+    ratio trigger only.
     """
-    needed = [PREFIX + name for name in ("train_acc", "train_loss", "restricted_loss")]
+    needed = [PREFIX + name for name in _DETECTOR_INPUTS[:3]]
     missing = [name for name in ["step", *needed] if name not in table]
     if missing:
         raise GrokscopeError(f"columns {sorted(table)}", expected=f"also {missing}", where="detect_phases")
+    weights = table.get(PREFIX + "sum_sq_weights", [NAN] * len(table["step"]))
     order = sorted(range(len(table["step"])), key=lambda i: table["step"][i])
     detector, phases = PhaseDetector(p), [""] * len(order)
     for i in order:
         values = [float(table[name][i]) for name in needed]
         if not any(math.isnan(v) for v in values):
             detector.update(int(table["step"][i]), train_acc=values[0], train_loss=values[1],
-                            restricted_loss=values[2])
+                            restricted_loss=values[2], sum_sq_weights=float(weights[i]))
         phases[i] = detector.detection.phase
     return detector.detection, phases
 
@@ -470,10 +515,11 @@ class TrainOnlyMonitor:
     advances the detector; ``.phase`` and ``.detection`` say where the run stands. Pass the read-out
     logits the training step already computed on the train rows (any row order matching
     ``train_indices``) and the call needs no forward pass: its cost is one least-squares fit of
-    (n_train x (2|K| + 1)) against p columns plus Fourier transforms of W_E and W_L, about a tenth of
-    one full-batch training step (measured at p = 59, d_model 128: 48 ms against 465 ms per step on a
-    loaded 2-core CPU), so about 1% of training when called every 10 steps. ``seconds`` accumulates
-    the time actually spent, so a trainer can report it.
+    (n_train x (2|K| + 1)) against p columns plus Fourier transforms of W_E and W_L, about a seventh of
+    one full-batch training step (measured at p = 59, d_model 128 on a loaded 2-core CPU: 7% of training
+    when called every 2 steps), so about 3.5% every 4 steps and 1.4% every 10. The detector sees only
+    the rows it is given: a finer cadence gives an earlier alarm (docs/monitor.md). ``seconds``
+    accumulates the time actually spent, so a trainer can report it.
 
     ``weights`` is a HookedTransformer or its state dict (e.g. one model's slice of a batched trainer's
     stacked parameters, named as in HookedTransformer).
@@ -525,7 +571,8 @@ class TrainOnlyMonitor:
             self._advance(step, {name: log[name][i] for name in TRAIN_ONLY_COLUMNS if name in log})
 
     def _advance(self, step: int, row: dict) -> None:
-        values = [row.get(PREFIX + name, NAN) for name in ("train_acc", "train_loss", "restricted_loss")]
+        values = [row.get(PREFIX + name, NAN) for name in _DETECTOR_INPUTS]
         values = [v if isinstance(v, float) else NAN for v in values]
-        if not any(math.isnan(v) for v in values):
-            self.detector.update(int(step), train_acc=values[0], train_loss=values[1], restricted_loss=values[2])
+        if not any(math.isnan(v) for v in values[:3]):
+            self.detector.update(int(step), train_acc=values[0], train_loss=values[1], restricted_loss=values[2],
+                                 sum_sq_weights=values[3])

@@ -320,6 +320,7 @@ def test_infinite_weights_in_a_single_model(tmp_path, command):
     ("--alpha", "1.5", ["found 1.5", ">= 0 and <= 1"]),
     ("--alpha", "-0.5", ["found -0.5"]),
     ("--checkpoint-every", "0", ["found 0"]),
+    ("--log-every", "0", ["found 0"]),
     ("--threads", "0", ["found 0", ">= 1 and <= "]),
     ("--threads", "100000", ["found 100000", "this machine's cores"]),
 ], ids=lambda v: v if isinstance(v, str) else None)

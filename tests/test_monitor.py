@@ -16,8 +16,8 @@ from grokscope.formats.base import Run
 from grokscope.measures import progress_measures, weight_measures
 from grokscope.models import final_logits, parameter_state_dict
 from grokscope.monitor import (LOG_MONITOR_COLUMNS, MAX_KEY_FREQS, PHASE_COLUMN, PHASES, TRAIN_ONLY_COLUMNS,
-                               PhaseDetector, TrainOnlyMonitor, detect_phases, key_fit, train_free_key_frequencies,
-                               train_only_measures)
+                               WEIGHT_FALL, PhaseDetector, TrainOnlyMonitor, describe_detection, detect_phases, key_fit,
+                               train_free_key_frequencies, train_only_measures)
 from grokscope.outputs import summary_dict
 from grokscope.tasks import Task
 
@@ -114,9 +114,17 @@ def _rows(ratios, train_loss=1e-3, first_step=0, every=10):
 
 
 def _feed(rows):
+    """Rows (step, train acc, train loss, restricted loss[, sum of squared weights]) through one detector."""
     detector = PhaseDetector(p=59)
-    phases = [detector.update(s, train_acc=acc, train_loss=tl, restricted_loss=rl).phase for s, acc, tl, rl in rows]
+    phases = [detector.update(s, train_acc=acc, train_loss=tl, restricted_loss=rl,
+                              sum_sq_weights=rest[0] if rest else math.nan).phase for s, acc, tl, rl, *rest in rows]
     return detector.detection, phases
+
+
+def _table(rows):
+    columns = ("step", "trainonly_train_acc", "trainonly_train_loss", "trainonly_restricted_loss",
+               "trainonly_sum_sq_weights")
+    return {name: [row[i] for row in rows] for i, name in enumerate(columns[:len(rows[0])])}
 
 
 def test_detector_stays_quiet_while_memorising_or_while_the_ratio_only_grows():
@@ -138,13 +146,52 @@ def test_detector_stays_quiet_while_memorising_or_while_the_ratio_only_grows():
     assert _feed([(s, a, t, r / 4) for s, a, t, r in bump])[0].circuit_step == 10
 
 
+def _turning_weights(peak_at=80, every=2, end=200):
+    """A memorised run whose weight norm peaks at ``peak_at`` (1000) and then shrinks by 0.5% a row,
+    with the restricted loss at 0.3 nats (below ln(59) / 2 = 2.04) and r growing all along."""
+    rows = []
+    for i, step in enumerate(range(60, end + 1, every)):
+        w = 1000.0 - (peak_at - step) ** 2 / 100 if step <= peak_at else 1000.0 * 0.995 ** ((step - peak_at) / every)
+        rows.append((step, 1.0, 1e-2 / (i + 1), 0.3, w))
+    return rows
+
+
+def test_the_weight_trigger_fires_one_row_after_the_norm_turns_over():
+    # The norm's peak is the row at step 80; the next row is 0.5% below it (> WEIGHT_FALL = 0.1%).
+    detection, phases = _feed(_turning_weights())
+    assert detection.memorised_step == 60 and detection.weight_peak_step == 80
+    assert detection.circuit_step == 82 and detection.trigger == "weight" and detection.since_step == 80
+    assert phases[:12] == ["memorising"] * 11 + ["circuit forming"]
+    assert "since step 80 (detected at 82 by the weight trigger)" in describe_detection(detection.to_dict())
+    # r only grows here, so the ratio trigger alone (a table without the weight column) never fires.
+    assert _feed([row[:4] for row in _turning_weights()])[0].circuit_step is None
+    # A fall smaller than WEIGHT_FALL is no alarm: a flat norm wobbling by 0.05% stays quiet.
+    flat = [(s, 1.0, 1e-3 / (i + 1), 0.3, 1000.0 * (1 - WEIGHT_FALL / 2 * (i % 2)))
+            for i, s in enumerate(range(60, 400, 2))]
+    assert _feed(flat)[0].circuit_step is None
+
+
+def test_the_weight_trigger_needs_memorisation_and_key_frequencies_that_fit():
+    # Too little data: weight decay shrinks a memorised network whose key frequencies explain nothing
+    # (restricted loss 3.9, near chance ln 59 = 4.08): no alarm however far the norm falls.
+    at_chance = [(s, a, t, 3.9, w) for s, a, t, _, w in _turning_weights()]
+    assert _feed(at_chance)[0].circuit_step is None
+    # No weight decay: the norm grows after memorisation (ever more slowly) and never turns over.
+    no_decay = [(s, 1.0, 1e-2 / (i + 1), 0.3, 3000.0 - 1000.0 / (i + 1)) for i, s in enumerate(range(60, 1001, 2))]
+    assert _feed(no_decay)[0].circuit_step is None
+    # A norm falling while train accuracy is still below 99% counts for nothing: the peak is taken
+    # from the memorised rows on, and there the norm rises.
+    early = [(s, 0.5, 1.0, 0.3, 2000.0 - s) for s in range(0, 60, 2)] + no_decay
+    assert _feed(early)[0].circuit_step is None
+
+
 def test_detector_moves_through_the_phases_and_forecasts_an_exponential_decay():
     # r = 100 exp(-(s - 100) / 50) after a peak at s = 100: it crosses 1 at 100 + 50 ln 100 = 330.3.
     steps = list(range(0, 501, 10))
     rows = [(s, 1.0, 1e-3, 1e-3 * (s + 1 if s <= 100 else 100 * math.exp(-(s - 100) / 50))) for s in steps]
     detection, phases = _feed(rows)
-    assert detection.memorised_step == 0 and detection.peak_step == 100
-    assert detection.circuit_step == 140                  # first step with r <= 101 / 2: 100 e^-0.8 = 44.9
+    assert detection.memorised_step == 0 and detection.peak_step == 100 and detection.since_step == 100
+    assert detection.circuit_step == 140 and detection.trigger == "ratio"   # r <= 101 / 2: 100 e^-0.8 = 44.9
     assert detection.cleanup_step == 220                  # r <= sqrt(101) = 10.05: 100 e^-2.4 = 9.07
     assert detection.generalised_step == 340              # r <= 1
     assert phases.index("circuit forming") == steps.index(140) and phases[-1] == "generalised"
@@ -152,9 +199,35 @@ def test_detector_moves_through_the_phases_and_forecasts_an_exponential_decay():
     # The line through log r since the alarm is exact here: the forecast is the crossing, 330.
     assert detection.forecast_step == 330
     # Replaying the same rows as a table gives the same conclusion (it is the same causal rule).
-    table = {"step": steps, "trainonly_train_acc": [r[1] for r in rows], "trainonly_train_loss": [r[2] for r in rows],
-             "trainonly_restricted_loss": [r[3] for r in rows]}
-    assert detect_phases(table, 59) == (detection, phases)
+    assert detect_phases(_table(rows), 59) == (detection, phases)
+    # With the weight norm turning over at step 60 the alarm comes at the next row, 70, before r's
+    # peak; the phases after it and the forecast (fitted from r's peak on) are unchanged.
+    weighted = [(*row, 1000.0 - abs(s - 60)) for row, s in zip(rows, steps)]
+    early, early_phases = _feed(weighted)
+    assert early.circuit_step == 70 and early.trigger == "weight" and early.since_step == 60
+    assert early.peak_step == 100 and early.forecast_step == 330
+    assert (early.cleanup_step, early.generalised_step) == (220, 340)
+    assert early_phases[steps.index(70):steps.index(220)] == ["circuit forming"] * (steps.index(220) - steps.index(70))
+
+
+def test_appending_rows_never_changes_an_earlier_phase():
+    # Causality: for every prefix of a run, the replayed phases and detection are those the detector
+    # had after the same rows of the whole run.
+    steps = list(range(0, 601, 10))
+    rows = [(s, min(1.0, s / 50), 1e-3 * (1 + 0.2 * math.sin(s / 7)),
+             1e-3 * (s + 1 if s <= 150 else 150 * math.exp(-(s - 150) / 60)), 1000.0 - abs(s - 120) + 5 * math.sin(s))
+            for s in steps]
+    live = PhaseDetector(p=59)
+    states = []
+    for s, acc, tl, rl, w in rows:
+        live.update(s, train_acc=acc, train_loss=tl, restricted_loss=rl, sum_sq_weights=w)
+        states.append(live.detection.to_dict())
+    _, phases = detect_phases(_table(rows), 59)
+    assert len(set(phases)) == len(PHASES)                 # the run goes through every phase
+    for n in range(1, len(rows) + 1):
+        prefix_detection, prefix_phases = detect_phases(_table(rows[:n]), 59)
+        assert prefix_phases == phases[:n]
+        assert prefix_detection.to_dict() == states[n - 1]
 
 
 def test_monitor_columns_and_replay_match_the_live_detector():
@@ -220,15 +293,18 @@ def test_analyze_reports_train_only_measures_when_the_split_is_unknown():
 @pytest.mark.slow
 def test_live_detector_fires_before_test_accuracy_moves_on_the_fast_preset(fast_run_dir):
     # Seed 0 of the fast preset (docs/monitor.md): the alarm comes before test accuracy reaches 50%
-    # (about step 210), and the run ends generalised by the train-only rule too.
+    # (about step 200), and the run ends generalised by the train-only rule too.
     log = native.read(fast_run_dir).log
     detection, phases = detect_phases(log, 59)
     assert phases == log[PHASE_COLUMN]                      # the live column is the causal replay
     test50 = next(s for s, a in zip(log["step"], log["test_acc"]) if a >= 0.5)
     test99 = next(s for s, a in zip(log["step"], log["test_acc"]) if a >= 0.99)
     assert detection.memorised_step <= detection.circuit_step < test50
+    # The weight norm turns over 12 to 16 steps after memorisation, the ratio halves 20 to 30 later.
+    assert detection.trigger == "weight" and detection.circuit_step - detection.memorised_step <= 40
     assert detection.phase == "generalised" and detection.generalised_step <= test99
-    # The forecast made at cleanup lands within a quarter of the test-99% step (measured: 6% off).
+    # The forecast made at cleanup lands within a quarter of the test-99% step (measured: 1% off on the
+    # design run of seed 0, replayed every 10 steps).
     assert detection.cleanup_forecast_step == pytest.approx(test99, rel=0.25)
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from grokscope import checkpoints as ck
 from grokscope.cli import PRESET_NAMES, main
 from grokscope.errors import GrokscopeError
+from grokscope.formats import native
 from grokscope.models import build_model, cross_entropy_f64
 from grokscope.training import PRESETS, TrainConfig, summarize, train
 
@@ -243,6 +244,24 @@ def test_cli_train_prints_a_summary_and_errors_in_one_line(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x"), "--p", "12"]) == 2
     assert capsys.readouterr().err.strip() == ("grokscope: train: argument --p: found 12, which is not prime; "
                                                "expected an odd prime such as 23, 59 or 113 (see grokscope train --help)")
+
+
+def test_cli_log_every_sets_the_log_rows(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--preset", "fast", "--p", "11", "--d-model", "16", "--quiet"]
+    assert main(args + ["--epochs", "7", "--log-every", "3"]) == 0
+    log = native.read(out).log
+    assert log["step"] == [0, 3, 6, 7] and len(log["trainonly_train_loss"]) == 4     # the last step always
+
+
+def test_the_log_cadence_changes_nothing_in_training(tmp_path):
+    # Logging (and the train-only monitor at each log row) only reads the weights: the same run logged
+    # every 2 or every 5 steps ends with the same weights (bitwise: same machine, same thread count).
+    config = TrainConfig.preset("fast", p=13, d_model=16, epochs=20)
+    runs = [train(config.replace(log_every=every), tmp_path / str(every), progress=False) for every in (2, 5)]
+    assert runs[0].log["step"][:3] == [0, 2, 4] and runs[1].log["step"][:3] == [0, 5, 10]
+    final = [run.model(-1).state_dict() for run in runs]
+    assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
 
 
 def test_cli_help_is_fast_and_lists_train():
