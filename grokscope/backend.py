@@ -219,13 +219,6 @@ def to_hooked(name: str, tensor: Tensor, cfg) -> Tensor:
     return tensor
 
 
-def from_hooked(name: str, tensor: Tensor, cfg) -> Tensor:
-    """The inverse of ``to_hooked``: a weight-format tensor in the line's own layout (a new tensor)."""
-    if LINE == 3:
-        return tensor
-    return next(iter(convert_tl_checkpoint({name: tensor}, cfg).values())).contiguous()
-
-
 # ----- models -----------------------------------------------------------------------------------
 
 def new_model(cfg) -> Any:
@@ -250,7 +243,7 @@ def weights(model) -> dict[str, Tensor]:
 
 
 def parameters(model) -> dict[str, torch.nn.Parameter]:
-    """The model's trainable leaves by weight-format name, in the line's own layout (``from_hooked``);
+    """The model's trainable leaves by weight-format name, in the line's own layout;
     the bridge's ``unembed.b_U`` is a fixed buffer, so absent there."""
     if LINE == 3:
         return dict(model.named_parameters())
