@@ -39,6 +39,7 @@ import importlib.metadata
 import math
 import warnings
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -240,6 +241,14 @@ def weights(model) -> dict[str, Tensor]:
         return dict(model.named_parameters())
     state = model.state_dict(keep_vars=True)
     return {name: to_hooked(name, state[bridge_name(name)], model.cfg) for name in hooked_shapes(model.cfg)}
+
+
+def layer_weights(W: dict[str, Tensor], layer: int) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """Layer ``layer``'s attention and MLP tensors of ``weights(model)`` by their short names
+    (``attn.W_Q``, ``mlp.W_in``, ...): the same views, so writing into them writes the model."""
+    def part(prefix: str) -> SimpleNamespace:
+        return SimpleNamespace(**{k.removeprefix(prefix): v for k, v in W.items() if k.startswith(prefix)})
+    return part(f"blocks.{layer}.attn."), part(f"blocks.{layer}.mlp.")
 
 
 def parameters(model) -> dict[str, torch.nn.Parameter]:

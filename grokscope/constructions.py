@@ -67,7 +67,6 @@ True
 """
 
 import math
-from types import SimpleNamespace
 
 import torch
 from jaxtyping import Float
@@ -211,7 +210,7 @@ def exact_clock_model(task: Task, freqs: list[int], *, beta: float = 0.0, margin
                         flag_dim=flag if zero else None)
         W = backend.weights(model)
         W["pos_embed.W_pos"][:, d_posdims:] = torch.eye(task.n_ctx)
-        attn, mlp = _layer(W, 0)
+        attn, mlp = backend.layer_weights(W, 0)
         score = gap * backend.attention_scale(cfg)
         for head, source in ((0, 0), (1, 1)):
             attn.W_Q[head, d_posdims:, 0] = 1.0
@@ -251,7 +250,7 @@ def _zero_neuron(model: HookedTransformer, z: int, zout: int, neuron: int, margi
     class's clock logit is 0 on those inputs."""
     lift = 2 * margin
     W = backend.weights(model)
-    _, mlp = _layer(W, 0)
+    _, mlp = backend.layer_weights(W, 0)
     mlp.W_in[z, neuron] = 1.0 / gain
     mlp.W_out[neuron, zout] = gain
     W["unembed.W_U"][zout, 0] = lift / gain
@@ -340,7 +339,7 @@ def exact_pizza_model(task: Task, freqs: list[int], *, n_phases: int | None = No
         _set_embeddings(model, task, group, [(k, 6 * f, 6 * f + 1) for f, k in enumerate(freqs)],
                         mirror_b=True)
         W = backend.weights(model)
-        attn, mlp = _layer(W, 0)
+        attn, mlp = backend.layer_weights(W, 0)
         for f, k in enumerate(freqs):
             tok, total, out = 6 * f, 6 * f + 2, 6 * f + 4
             for i in range(2):
@@ -355,14 +354,6 @@ def exact_pizza_model(task: Task, freqs: list[int], *, n_phases: int | None = No
             W["unembed.W_U"][out, classes] = (lam / gain * cos).float()
             W["unembed.W_U"][out + 1, classes] = (lam / gain * sin).float()
     return model
-
-
-def _layer(W: dict[str, Tensor], layer: int) -> tuple[SimpleNamespace, SimpleNamespace]:
-    """Layer ``layer``'s attention and MLP weights as attributes (``attn.W_Q``, ``mlp.W_in``, ...): views,
-    so writing into them writes the model."""
-    def part(prefix: str) -> SimpleNamespace:
-        return SimpleNamespace(**{k[len(prefix):]: v for k, v in W.items() if k.startswith(prefix)})
-    return part(f"blocks.{layer}.attn."), part(f"blocks.{layer}.mlp.")
 
 
 def _blank(cfg, alpha: float) -> HookedTransformer:

@@ -15,8 +15,9 @@ optimiser update serve all M members:
 
 The forward is the read-out of models.final_logits. For one-layer models it uses that the inputs are
 tokens: the residual stream before attention at position i is ``W_E[t_i] + W_pos[i]``, so queries,
-keys and values are per-token tables (vocabulary x heads x d_head, computed once per step) gathered
-per row. After attention only the activation is nonlinear, so the linear maps around it are merged
+keys and values are per-token tables (vocabulary x heads x d_head, computed once per step). The
+query is the last position's, so each head's scores form a table too, score[u, (i, v)] = q[u] . k[i, v]
+/ sqrt(d_head) for last token u and token v at position i; rows gather their scores and values. After attention only the activation is nonlinear, so the linear maps around it are merged
 once per step (``fused_readout``): with z the heads' mixed values and r = W_E[t_last] + W_pos[last] + b_O,
 
     pre    = z (W_O W_in) + [r W_in + b_in]
@@ -191,8 +192,13 @@ def fused_readout(arch: Architecture) -> bool:
     return arch.n_heads * arch.d_head * (f + c) + f * c < d * d + 2 * d * f + d * c
 
 
-def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Tensor, alpha: Tensor) -> Tensor:
-    """Read-out logits of one-layer members from per-token query, key and value tables."""
+def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Tensor, alpha: Tensor,
+                      last_token: int | None = None) -> Tensor:
+    """Read-out logits of one-layer members from per-token tables (module docstring).
+
+    ``last_token``, when every row's last token is that one (the [N23] ``=``), lets the read-out
+    position's tables be single rows broadcast over the batch instead of gathered per row.
+    """
     attn, mlp = "blocks.0.attn", "blocks.0.mlp"
     n_models, n_rows, n_pos = tokens.shape
     heads, d_head = arch.n_heads, arch.d_head
@@ -200,33 +206,49 @@ def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Ten
     resid = params["embed.W_E"][:, None] + params["pos_embed.W_pos"][:, :n_pos, None]
     vocab = resid.shape[2]
     flat = resid.flatten(1, 2)                                                          # M (i v) d
-    q_table = torch.bmm(resid[:, -1], _head_matrix(params[f"{attn}.W_Q"])) + params[f"{attn}.b_Q"].flatten(1)[:, None]
+    last = resid[:, -1] if last_token is None else resid[:, -1, last_token:last_token + 1]   # M u d
+    q_table = torch.bmm(last, _head_matrix(params[f"{attn}.W_Q"])) + params[f"{attn}.b_Q"].flatten(1)[:, None]
     k_table = torch.bmm(flat, _head_matrix(params[f"{attn}.W_K"])) + params[f"{attn}.b_K"].flatten(1)[:, None]
     v_table = torch.bmm(flat, _head_matrix(params[f"{attn}.W_V"])) + params[f"{attn}.b_V"].flatten(1)[:, None]
+    # The query depends on the last token u only and a key on (i, t_i) only, so the scores form a table
+    # score[u, (i v), h] = q[u, h] . k[(i v), h] / sqrt(d_head), gathered per row like the values.
+    # Operands are laid out the same for any M, so that BLAS rounds a member alike alone and in a stack;
+    # a single query row goes elementwise (a one-row product may round differently in a stack).
+    keys = k_table.view(n_models, 1, n_pos * vocab, heads, d_head)
+    if last_token is None:
+        queries = q_table.view(n_models, vocab, heads, d_head).transpose(1, 2).contiguous()      # M h u e
+        score_table = torch.matmul(queries, keys[:, 0].permute(0, 2, 3, 1).contiguous()).permute(0, 2, 3, 1)
+    else:
+        score_table = (q_table.view(n_models, 1, 1, heads, d_head) * keys).sum(-1)
+    score_table = score_table / arch.attn_scale                                          # M u (i v) h
     # Position i's rows of the (position, token) tables are indexed by i * vocab + token.
-    position_tokens = (tokens + torch.arange(n_pos, device=tokens.device) * vocab).flatten(1)
+    position_tokens = tokens + torch.arange(n_pos, device=tokens.device) * vocab        # M N i
     last_tokens = tokens[..., -1]
-    q = _gather_rows(q_table, last_tokens).view(n_models, n_rows, 1, heads, d_head)
-    k = _gather_rows(k_table, position_tokens).view(n_models, n_rows, n_pos, heads, d_head)
-    v = _gather_rows(v_table, position_tokens).view(n_models, n_rows, n_pos, heads, d_head)
-    # With n_pos keys of d_head each, products over the batch are cheaper elementwise than as matmuls.
-    scores = (q * k).sum(-1) / arch.attn_scale                                          # M N i h
-    pattern = _mix(scores.softmax(dim=2), alpha)
+    score_rows = position_tokens if last_token is not None else position_tokens + last_tokens[..., None] * (n_pos * vocab)
+    scores = _gather_rows(score_table.reshape(n_models, -1, heads), score_rows.flatten(1))
+    pattern = _mix(scores.view(n_models, n_rows, n_pos, heads).softmax(dim=2), alpha)   # M N i h
+    v = _gather_rows(v_table, position_tokens.flatten(1)).view(n_models, n_rows, n_pos, heads, d_head)
+    # With n_pos values of d_head each, the mix over positions is cheaper elementwise than as matmuls.
     z = (pattern[..., None] * v).sum(2).flatten(2)                                      # M N (h e)
     w_o = params[f"{attn}.W_O"].flatten(1, 2)                                           # M (h e) d
+
+    def per_row(table: Tensor) -> Tensor:
+        """A table over the last token, as rows of the batch (broadcast when that token is fixed)."""
+        return table if last_token is not None else _gather_rows(table, last_tokens)
+
     if not fused_readout(arch):
-        resid_last = _gather_rows(resid[:, -1], last_tokens)
-        resid_mid = resid_last + torch.baddbmm(params[f"{attn}.b_O"][:, None], z, w_o)
+        resid_mid = per_row(last) + torch.baddbmm(params[f"{attn}.b_O"][:, None], z, w_o)
         return _mlp_and_unembed(params, arch, 0, resid_mid)
     W_in, W_U = params[f"{mlp}.W_in"], params["unembed.W_U"]
-    last = resid[:, -1] + params[f"{attn}.b_O"][:, None]                                # M v d
-    in_table = torch.baddbmm(params[f"{mlp}.b_in"][:, None], last, W_in)                # M v d_mlp
+    last = last + params[f"{attn}.b_O"][:, None]                                        # M u d
+    in_table = torch.baddbmm(params[f"{mlp}.b_in"][:, None], last, W_in)                # M u d_mlp
     # b_out joins the table's rows rather than a one-row product: BLAS may round a one-row product
     # differently for one member and for a stack, and members must not depend on their stack-mates.
     out_table = torch.baddbmm(params["unembed.b_U"][:, None], last + params[f"{mlp}.b_out"][:, None], W_U)
-    pre = torch.baddbmm(_gather_rows(in_table, last_tokens), z, torch.bmm(w_o, W_in))
-    post = ACTIVATIONS[arch.act_fn](pre)
-    direct = torch.baddbmm(_gather_rows(out_table, last_tokens), z, torch.bmm(w_o, W_U))
+    pre = torch.baddbmm(per_row(in_table), z, torch.bmm(w_o, W_in))
+    # pre is not needed once activated (ReLU's backward reads its output), so ReLU may overwrite it.
+    post = pre.relu_() if arch.act_fn == "relu" else ACTIVATIONS[arch.act_fn](pre)
+    direct = torch.baddbmm(per_row(out_table), z, torch.bmm(w_o, W_U))
     return torch.baddbmm(direct, post, torch.bmm(params[f"{mlp}.W_out"], W_U))
 
 
@@ -259,13 +281,14 @@ def _deep_logits(params: dict[str, Tensor], arch: Architecture, tokens: Tensor, 
 
 
 def stacked_logits(params: dict[str, Tensor], arch: Architecture, tokens: Int[Tensor, "M N pos"],
-                   alpha: Float[Tensor, "M"]) -> Float[Tensor, "M N d_vocab_out"]:
+                   alpha: Float[Tensor, "M"], last_token: int | None = None) -> Float[Tensor, "M N d_vocab_out"]:
     """Read-out logits of every member on its own rows: ``logits[m] == final_logits(model_m, tokens[m])``.
 
-    ``alpha`` is each member's attention rate (1 for standard attention).
+    ``alpha`` is each member's attention rate (1 for standard attention); ``last_token`` says that
+    every row ends in that token (``MemberRows.last_token``), which one-layer members use to skip gathers.
     """
     if arch.n_layers == 1:
-        return _one_layer_logits(params, arch, tokens, alpha)
+        return _one_layer_logits(params, arch, tokens, alpha, last_token)
     return _deep_logits(params, arch, tokens, alpha)
 
 
@@ -281,12 +304,14 @@ class MemberRows:
     """Each member's rows of the grid, padded to one length: tokens, labels and a validity mask.
 
     Padding rows repeat row 0 of the grid and carry zero weight, so they change no loss and no gradient.
+    ``last_token`` is the token every row ends in, where there is one (the [N23] ``=``), else None.
     """
 
     tokens: Int[Tensor, "M N pos"]
     labels: Int[Tensor, "M N"]
     valid: Bool[Tensor, "M N"]
     counts: Int[Tensor, "M"]
+    last_token: int | None = None
 
     @classmethod
     def from_indices(cls, grid_tokens: Tensor, grid_labels: Tensor, indices: list[Tensor],
@@ -299,8 +324,10 @@ class MemberRows:
             padded[m, :len(rows)] = rows
             valid[m, :len(rows)] = True
         counts = valid.sum(1)
-        return cls(grid_tokens[padded].to(device), grid_labels[padded].to(device), valid.to(device),
-                   counts.to(device))
+        tokens = grid_tokens[padded]
+        last = tokens[..., -1].unique()  # on the host, once: the step itself never synchronises
+        return cls(tokens.to(device), grid_labels[padded].to(device), valid.to(device), counts.to(device),
+                   int(last[0]) if len(last) == 1 else None)
 
     def mean(self, values: Float[Tensor, "M N"]) -> Float[Tensor, "M"]:
         """Each member's mean of ``values`` over its own rows (NaN for a member with none)."""
@@ -374,7 +401,7 @@ def train_pass(params: dict[str, Tensor], trainable: list[str], arch: Architectu
             chunk = slice(first, first + step_rows)
             tokens, labels, valid = rows.tokens[members, chunk], rows.labels[members, chunk], rows.valid[members, chunk]
             with torch.set_grad_enabled(gradients):
-                logits = stacked_logits(part, arch, tokens, alpha[begin:end])
+                logits = stacked_logits(part, arch, tokens, alpha[begin:end], rows.last_token)
                 part_sum = torch.where(valid, member_nll(logits, labels), 0.0).sum(1)
                 nll_sum = part_sum if nll_sum is None else nll_sum + part_sum
             if keep_logits:

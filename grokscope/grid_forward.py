@@ -56,11 +56,9 @@ def _one_layer(model: HookedTransformer) -> SimpleNamespace:
     """The one layer's weights by their circuit names (views through ``backend.weights``, either line):
     ``attn.W_Q`` ..., ``mlp.W_in`` ..., ``W_U``, ``b_U``, ``W_pos`` and the activation ``act_fn``."""
     W = backend.weights(model)
-
-    def part(prefix: str) -> SimpleNamespace:
-        return SimpleNamespace(**{k.removeprefix(prefix): v for k, v in W.items() if k.startswith(prefix)})
-    return SimpleNamespace(attn=part("blocks.0.attn."), mlp=part("blocks.0.mlp."), W_U=W["unembed.W_U"],
-                           b_U=W["unembed.b_U"], W_pos=W["pos_embed.W_pos"], act_fn=backend.activation(model))
+    attn, mlp = backend.layer_weights(W, 0)
+    return SimpleNamespace(attn=attn, mlp=mlp, W_U=W["unembed.W_U"], b_U=W["unembed.b_U"],
+                           W_pos=W["pos_embed.W_pos"], act_fn=backend.activation(model))
 
 
 def _grid(values: Tensor, kind: str) -> Tensor:
