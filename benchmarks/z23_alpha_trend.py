@@ -66,7 +66,7 @@ def main() -> None:
     reached = _reached(out)
     steps = [int(s) for s in args.steps.split(",") if reached is not None and int(s) <= reached]
     print(f"latest checkpoint every member has: {reached}; analysing steps {steps}")
-    trends, first_match = {}, None
+    trends, first_match, first_within = {}, None, None
     for step in steps:
         start = time.perf_counter()
         population, _ = analyze_population(out, step=step, workers=args.workers, report=False)
@@ -75,13 +75,20 @@ def main() -> None:
         gs_ok = sum(c.gs_match for c in comparisons)
         di_ok = sum(c.di_match for c in comparisons)
         matched = alpha_trend.trend_matches(comparisons)
+        within = alpha_trend.trend_within_spread(comparisons)
         if matched and first_match is None:
             first_match = step
+        if within and first_within is None:
+            first_within = step
         print(f"\n### {step} epochs ({time.perf_counter() - start:.0f} s to analyse {len(population.rows)} members)\n")
         print(alpha_trend.markdown_table(comparisons))
         print(f"\nin the published quartile range: GS {gs_ok}/{len(comparisons)} bins, DI {di_ok}/{len(comparisons)}"
-              f" bins; trend matched: {'yes' if matched else 'no'}")
-    print(f"\nfewest epochs at which every bin matches: {first_match if first_match is not None else 'none analysed'}")
+              f" bins; trend matched: {'yes' if matched else 'no'}; within the spread (✓ or ~ everywhere):"
+              f" {'yes' if within else 'no'}")
+    print(f"\nfewest epochs at which every bin's median lies in the published quartiles: "
+          f"{first_match if first_match is not None else 'none analysed'}")
+    print(f"fewest epochs at which every bin's range of members meets them: "
+          f"{first_within if first_within is not None else 'none analysed'}")
     if args.figure and trends:
         from grokscope.population_figures import alpha_trend_figure
 

@@ -61,6 +61,23 @@ def test_a_sweep_at_the_published_medians_matches_and_one_off_bin_does_not():
     assert table.count("\n") == 11 and "| 0.9-1.0 | 1 | 0.990 [0.990, 0.990] |" in table
 
 
+def test_within_the_spread_means_our_range_meets_the_published_quartiles():
+    last = at.Z23_ONE_LAYER[-1]  # 0.9-1.0: GS quartiles [0.394, 0.567]
+    below = [_row(b.low + 0.05, b.gs.median, b.di_runnerup.median) for b in at.Z23_ONE_LAYER[:-1]]
+    di = last.di_runnerup.median
+    # median 0.62 is above q3, but the lower member at 0.55 reaches into the quartile range
+    reaching = below + [_row(0.95, 0.55, di), _row(0.96, 0.62, di), _row(0.97, 0.70, di)]
+    comparisons = at.compare(at.bin_trends(reaching))
+    assert (comparisons[-1].gs_match, comparisons[-1].gs_within_spread) == (False, True)
+    assert at.trend_within_spread(comparisons) and not at.trend_matches(comparisons)
+    assert "| 0.9-1.0 | 3 | 0.620 [0.550, 0.700] ~ |" in at.markdown_table(comparisons)
+    # every member above q3: neither
+    above = below + [_row(0.95, 0.58, di), _row(0.96, 0.62, di)]
+    comparisons = at.compare(at.bin_trends(above))
+    assert not comparisons[-1].gs_within_spread and not at.trend_within_spread(comparisons)
+    assert not at.trend_within_spread(at.compare(at.bin_trends(below)))  # a bin not covered
+
+
 @pytest.mark.slow
 def test_attention_rate_moves_the_signatures_as_z23_found(tmp_path):
     """A small [Z23] sweep, alpha 0 and 1 with the same three seeds (p = 31, width 64, 800 epochs, about
