@@ -68,6 +68,27 @@ def _gelu_fast(x: Tensor) -> Tensor:
     return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
 
 
+class _ReluOverwriting(torch.autograd.Function):
+    """ReLU that writes its output over its input and its input's gradient over its output's.
+
+    The read-out's activations (rows x d_mlp) are the step's largest tensors; overwriting saves two
+    fresh buffers of that size a step. Safe only where the input is not needed again and the output
+    has one consumer whose backward hands over a fresh gradient (the merged read-out's last product).
+    """
+
+    @staticmethod
+    def forward(ctx, pre: Tensor) -> Tensor:
+        post = pre.clamp_min_(0.0)
+        ctx.mark_dirty(pre)
+        ctx.save_for_backward(post)
+        return post
+
+    @staticmethod
+    def backward(ctx, grad_post: Tensor) -> Tensor:
+        (post,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward.grad_input(grad_post, post, 0.0, grad_input=grad_post)
+
+
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": _gelu_new, "gelu_fast": _gelu_fast, "silu": F.silu}
 """The MLP activations, the same functions as the HookedTransformer's."""
 
@@ -246,8 +267,7 @@ def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Ten
     # differently for one member and for a stack, and members must not depend on their stack-mates.
     out_table = torch.baddbmm(params["unembed.b_U"][:, None], last + params[f"{mlp}.b_out"][:, None], W_U)
     pre = torch.baddbmm(per_row(in_table), z, torch.bmm(w_o, W_in))
-    # pre is not needed once activated (ReLU's backward reads its output), so ReLU may overwrite it.
-    post = pre.relu_() if arch.act_fn == "relu" else ACTIVATIONS[arch.act_fn](pre)
+    post = _ReluOverwriting.apply(pre) if arch.act_fn == "relu" else ACTIVATIONS[arch.act_fn](pre)
     direct = torch.baddbmm(per_row(out_table), z, torch.bmm(w_o, W_U))
     return torch.baddbmm(direct, post, torch.bmm(params[f"{mlp}.W_out"], W_U))
 

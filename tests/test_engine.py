@@ -63,6 +63,29 @@ def test_stacked_logits_equal_each_hooked_transformer(layout, n_layers, act_fn, 
             _assert_same_logits(gathered[i], logits[i])
 
 
+@pytest.mark.parametrize("layout, act_fn", [("nanda", "relu"), ("pizza", "relu"), ("nanda", "gelu")])
+def test_gradients_are_each_hooked_transformers_own(layout, act_fn):
+    """A pass's gradients are those of each member's float64 mean cross-entropy through its own model."""
+    task = Task(p=23, eq_token=layout == "nanda")
+    make = nanda_config if layout == "nanda" else pizza_config
+    alpha = [1.0, 0.4]
+    models = [_randomised(build_model(make(task, d_model=32, act_fn=act_fn), a), seed) for seed, a in enumerate(alpha)]
+    arch = Architecture.from_config(models[0].cfg)
+    params = stack_parameters([backend.weights(m) for m in models])
+    trainable = [name for name in params if not name.endswith(("b_U", "b_K"))]  # b_K's is zero (above)
+    splits = [task.split(0.5, 0), task.split(0.3, 1)]
+    rows = MemberRows.from_indices(task.tokens(), task.labels(), splits)
+    values = train_pass(params, trainable, arch, rows, torch.tensor(alpha), micro_batch=2)
+    for i, (model, split) in enumerate(zip(models, splits)):
+        leaves = backend.parameters(model)  # the line's own layout: gradients come back in the weight format
+        loss = member_nll(final_logits(model, task.tokens()[split])[None], task.labels()[split][None]).mean()
+        expected = [backend.to_hooked(name, grad, model.cfg)
+                    for name, grad in zip(trainable, torch.autograd.grad(loss, [leaves[name] for name in trainable]))]
+        assert values.losses[i].item() == pytest.approx(loss.item(), rel=1e-5)
+        for name, grad in zip(trainable, expected):
+            torch.testing.assert_close(values.grads[name][i], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item())
+
+
 def test_each_member_reads_its_own_rows_and_attention_rate():
     task = Task(p=23, eq_token=False)
     models = [_randomised(build_model(pizza_config(task, d_model=32), alpha), seed)
