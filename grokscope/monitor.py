@@ -322,6 +322,8 @@ class Detection:
         trigger: which of ``TRIGGERS`` fired first (both at once: "weight").
         weight_peak_step: the step of the largest sum of squared weights since memorisation, tracked
             until the alarm.
+        circuit_gap: steps between the alarm's row and the row before it (live training sees every
+            logged step, ``analyze`` only the saved checkpoints), so how precisely the alarm is placed.
         peak_step: the step of the peak ratio r since memorisation (tracked until cleanup; after a
             weight alarm r usually peaks a few rows later).
         cleanup_step: first step (after the alarm) where log r has covered half its way from the
@@ -340,6 +342,7 @@ class Detection:
     memorised_step: int | None = None
     since_step: int | None = None
     circuit_step: int | None = None
+    circuit_gap: int | None = None
     trigger: str | None = None
     weight_peak_step: int | None = None
     peak_step: int | None = None
@@ -365,16 +368,18 @@ class Detection:
 def describe_detection(detection: dict) -> str:
     """One line for a ``Detection.to_dict()``: the phase, the alarm and the forecast.
 
-    >>> describe_detection(Detection(phase="circuit forming", since_step=74, circuit_step=78,
+    >>> describe_detection(Detection(phase="circuit forming", since_step=74, circuit_step=78, circuit_gap=4,
     ...                              trigger="weight").to_dict())
-    'circuit forming; circuit formation under way since step 74 (detected at 78 by the weight trigger)'
+    'circuit forming; circuit formation under way since step 74 (detected at 78 by the weight trigger, rows 4 steps apart there)'
     """
     if detection.get("circuit_step") is None:
         return f"{detection['phase']} (no circuit formation detected)"
     since = detection.get("since_step", detection.get("peak_step"))        # older results: the ratio's peak
     by = f" by the {detection['trigger']} trigger" if detection.get("trigger") else ""
+    # live training sees every logged step, analyze only the saved checkpoints: say how fine the rows were
+    gap = f", rows {detection['circuit_gap']} steps apart there" if detection.get("circuit_gap") else ""
     text = (f"{detection['phase']}; circuit formation under way since step {since} "
-            f"(detected at {detection['circuit_step']}{by})")
+            f"(detected at {detection['circuit_step']}{by}{gap})")
     if detection.get("generalised_step") is not None:
         text += f", generalised (train-only rule) at step {detection['generalised_step']}"
     elif detection.get("forecast_step") is not None:
@@ -416,11 +421,14 @@ class PhaseDetector:
         self.chance = math.log(p)
         self.detection = Detection()
         self._log: list[tuple[int, float]] = []        # (step, log r) since the alarm and the peak of r
+        self._previous_step: int | None = None
 
     def update(self, step: int, *, train_acc: float, train_loss: float, restricted_loss: float,
                sum_sq_weights: float = NAN) -> Detection:
         """Take one row (the train-only measures at ``step``) and return the updated detection."""
         d = self.detection
+        gap = None if self._previous_step is None else int(step) - self._previous_step
+        self._previous_step = int(step)
         if d.memorised_step is None:
             if not train_acc >= MEMORISED_ACC:
                 return d
@@ -441,7 +449,7 @@ class PhaseDetector:
                 weights_fell = sum_sq_weights <= (1.0 - WEIGHT_FALL) * d.weight_peak
             ratio_fell = not new_peak and r <= d.peak_ratio / FALL
             if (weights_fell or ratio_fell) and restricted_loss <= CHANCE_SHARE * self.chance:
-                d.circuit_step, d.phase = int(step), PHASES[1]
+                d.circuit_step, d.circuit_gap, d.phase = int(step), gap, PHASES[1]
                 d.trigger = TRIGGERS[0] if weights_fell else TRIGGERS[1]
                 d.since_step = d.weight_peak_step if weights_fell else d.peak_step
         if d.circuit_step is not None and d.generalised_step is None:

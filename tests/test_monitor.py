@@ -162,7 +162,9 @@ def test_the_weight_trigger_fires_one_row_after_the_norm_turns_over():
     assert detection.memorised_step == 60 and detection.weight_peak_step == 80
     assert detection.circuit_step == 82 and detection.trigger == "weight" and detection.since_step == 80
     assert phases[:12] == ["memorising"] * 11 + ["circuit forming"]
-    assert "since step 80 (detected at 82 by the weight trigger)" in describe_detection(detection.to_dict())
+    assert detection.circuit_gap == 2  # the rows are 2 steps apart
+    assert "since step 80 (detected at 82 by the weight trigger, rows 2 steps apart there)" in describe_detection(
+        detection.to_dict())
     # r only grows here, so the ratio trigger alone (a table without the weight column) never fires.
     assert _feed([row[:4] for row in _turning_weights()])[0].circuit_step is None
     # A fall smaller than WEIGHT_FALL is no alarm: a flat norm wobbling by 0.05% stays quiet.
