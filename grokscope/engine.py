@@ -16,9 +16,11 @@ optimiser update serve all M members:
 The forward is the read-out of models.final_logits. For one-layer models it uses that the inputs are
 tokens: the residual stream before attention at position i is ``W_E[t_i] + W_pos[i]``, so queries,
 keys and values are per-token tables (vocabulary x heads x d_head, computed once per step). The
-query is the last position's, so each head's scores form a table too, score[u, (i, v)] = q[u] . k[i, v]
-/ sqrt(d_head) for last token u and token v at position i; rows gather their scores and values. After attention only the activation is nonlinear, so the linear maps around it are merged
-once per step (``fused_readout``): with z the heads' mixed values and r = W_E[t_last] + W_pos[last] + b_O,
+query is the last position's, so each head's scores form a table too: score[u, (i, v)] =
+q[u] . k[i, v] / sqrt(d_head) for last token u and token v at position i; rows gather their scores
+and values. After attention only the activation is nonlinear, so the linear maps around it are
+merged once per step (``fused_readout``): with z the heads' mixed values and
+r = W_E[t_last] + W_pos[last] + b_O,
 
     pre    = z (W_O W_in) + [r W_in + b_in]
     logits = z (W_O W_U) + act(pre) (W_out W_U) + [(r + b_out) W_U + b_U]
