@@ -12,8 +12,8 @@ every epoch count on its schedule.
     python benchmarks/z23_alpha_trend.py --out runs/z23_alpha --no-train    # analyse what is there
 
 ``--figure`` writes the figure of docs/populations.md for the steps analysed (plotly's PNG export
-needs ``pip install kaleido`` and a chromium). docs/populations.md ("Reproducing [Z23]'s
-attention-rate trend") has the results and the cost.
+needs ``pip install "kaleido>=1"`` and a chromium, e.g. Debian's ``chromium`` package).
+docs/populations.md ("Reproducing [Z23]'s attention-rate trend") has the results and the cost.
 """
 
 import argparse
@@ -90,8 +90,13 @@ def main() -> None:
     print(f"fewest epochs at which every bin's range of members meets them: "
           f"{first_within if first_within is not None else 'none analysed'}")
     if args.figure and trends:
+        import plotly
+        import plotly.io as pio
+
         from grokscope.population_figures import alpha_trend_figure
 
+        # kaleido loads plotly.js from the web unless told where plotly's own copy is (offline machines)
+        pio.defaults.plotlyjs = str(Path(plotly.__file__).parent / "package_data" / "plotly.min.js")
         alpha_trend_figure(trends).write_image(args.figure, scale=1)
         print(f"wrote {args.figure}")
 
