@@ -72,7 +72,7 @@ def test_gradients_are_each_hooked_transformers_own(layout, act_fn):
     models = [_randomised(build_model(make(task, d_model=32, act_fn=act_fn), a), seed) for seed, a in enumerate(alpha)]
     arch = Architecture.from_config(models[0].cfg)
     params = stack_parameters([backend.weights(m) for m in models])
-    trainable = [name for name in params if not name.endswith(("b_U", "b_K"))]  # b_K's is zero (above)
+    trainable = [name for name in params if not name.endswith(("b_U", "b_K"))]  # b_K: see the micro-batch test
     splits = [task.split(0.5, 0), task.split(0.3, 1)]
     rows = MemberRows.from_indices(task.tokens(), task.labels(), splits)
     values = train_pass(params, trainable, arch, rows, torch.tensor(alpha), micro_batch=2)
