@@ -91,6 +91,38 @@ class _ReluOverwriting(torch.autograd.Function):
         return torch.ops.aten.threshold_backward.grad_input(grad_post, post, 0.0, grad_input=grad_post)
 
 
+class _RowsTimesMatrix(torch.autograd.Function):
+    """``torch.bmm(rows, matrix)`` whose matrix gradient, a sum over the rows, is taken member by member
+    on a CPU.
+
+    For one member the BLAS may split that sum over the rows between threads, for a stack it splits the
+    members; the two orders round differently, and a member must not depend on its stack-mates (one
+    product per member orders the sum alike for any M). A GPU keeps the single batched product.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Float[Tensor, "M N k"], matrix: Float[Tensor, "M k n"]) -> Float[Tensor, "M N n"]:
+        ctx.save_for_backward(rows, matrix)
+        return torch.bmm(rows, matrix)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        rows, matrix = ctx.saved_tensors
+        grad_rows = torch.bmm(grad, matrix.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_matrix = None
+        if ctx.needs_input_grad[1]:
+            if grad.device.type == "cpu":
+                grad_matrix = torch.stack([torch.mm(rows[m].t(), grad[m]) for m in range(rows.shape[0])])
+            else:
+                grad_matrix = torch.bmm(rows.transpose(1, 2), grad)
+        return grad_rows, grad_matrix
+
+
+def _rows_times(rows: Float[Tensor, "M N k"], matrix: Float[Tensor, "M k n"]) -> Float[Tensor, "M N n"]:
+    """Each member's rows times its matrix (``_RowsTimesMatrix``)."""
+    return _RowsTimesMatrix.apply(rows, matrix)
+
+
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": _gelu_new, "gelu_fast": _gelu_fast, "silu": F.silu}
 """The MLP activations, the same functions as the HookedTransformer's."""
 
@@ -184,10 +216,10 @@ def _gather_rows(table: Tensor, tokens: Tensor) -> Tensor:
 def _mlp_and_unembed(params: dict[str, Tensor], arch: Architecture, layer: int,
                      resid: Float[Tensor, "M N d_model"]) -> Float[Tensor, "M N d_vocab_out"]:
     mlp = f"blocks.{layer}.mlp"
-    pre = torch.baddbmm(params[f"{mlp}.b_in"][:, None], resid, params[f"{mlp}.W_in"])
+    pre = _rows_times(resid, params[f"{mlp}.W_in"]) + params[f"{mlp}.b_in"][:, None]
     post = ACTIVATIONS[arch.act_fn](pre)
-    resid = resid + torch.baddbmm(params[f"{mlp}.b_out"][:, None], post, params[f"{mlp}.W_out"])
-    return torch.baddbmm(params["unembed.b_U"][:, None], resid, params["unembed.W_U"])
+    resid = resid + (_rows_times(post, params[f"{mlp}.W_out"]) + params[f"{mlp}.b_out"][:, None])
+    return _rows_times(resid, params["unembed.W_U"]) + params["unembed.b_U"][:, None]
 
 
 def _mix(pattern: Tensor, alpha: Tensor) -> Tensor:
@@ -229,20 +261,23 @@ def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Ten
     resid = params["embed.W_E"][:, None] + params["pos_embed.W_pos"][:, :n_pos, None]
     vocab = resid.shape[2]
     flat = resid.flatten(1, 2)                                                          # M (i v) d
-    last = resid[:, -1] if last_token is None else resid[:, -1, last_token:last_token + 1]   # M u d
+    # Tables span the whole vocabulary even when one last token is used: BLAS may round a one-row
+    # product differently for one member and for a stack, and members must not depend on their stack-mates.
+    last = resid[:, -1]                                                                 # M u d
     q_table = torch.bmm(last, _head_matrix(params[f"{attn}.W_Q"])) + params[f"{attn}.b_Q"].flatten(1)[:, None]
     k_table = torch.bmm(flat, _head_matrix(params[f"{attn}.W_K"])) + params[f"{attn}.b_K"].flatten(1)[:, None]
     v_table = torch.bmm(flat, _head_matrix(params[f"{attn}.W_V"])) + params[f"{attn}.b_V"].flatten(1)[:, None]
     # The query depends on the last token u only and a key on (i, t_i) only, so the scores form a table
     # score[u, (i v), h] = q[u, h] . k[(i v), h] / sqrt(d_head), gathered per row like the values.
     # Operands are laid out the same for any M, so that BLAS rounds a member alike alone and in a stack;
-    # a single query row goes elementwise (a one-row product may round differently in a stack).
+    # a single query row goes elementwise (a one-row product, as above).
     keys = k_table.view(n_models, 1, n_pos * vocab, heads, d_head)
     if last_token is None:
         queries = q_table.view(n_models, vocab, heads, d_head).transpose(1, 2).contiguous()      # M h u e
         score_table = torch.matmul(queries, keys[:, 0].permute(0, 2, 3, 1).contiguous()).permute(0, 2, 3, 1)
     else:
-        score_table = (q_table.view(n_models, 1, 1, heads, d_head) * keys).sum(-1)
+        query = q_table[:, last_token].view(n_models, 1, 1, heads, d_head)
+        score_table = (query * keys).sum(-1)
     score_table = score_table / arch.attn_scale                                          # M u (i v) h
     # Position i's rows of the (position, token) tables are indexed by i * vocab + token.
     position_tokens = tokens + torch.arange(n_pos, device=tokens.device) * vocab        # M N i
@@ -257,21 +292,20 @@ def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Ten
 
     def per_row(table: Tensor) -> Tensor:
         """A table over the last token, as rows of the batch (broadcast when that token is fixed)."""
-        return table if last_token is not None else _gather_rows(table, last_tokens)
+        return table[:, last_token:last_token + 1] if last_token is not None else _gather_rows(table, last_tokens)
 
     if not fused_readout(arch):
-        resid_mid = per_row(last) + torch.baddbmm(params[f"{attn}.b_O"][:, None], z, w_o)
+        resid_mid = per_row(last) + (_rows_times(z, w_o) + params[f"{attn}.b_O"][:, None])
         return _mlp_and_unembed(params, arch, 0, resid_mid)
     W_in, W_U = params[f"{mlp}.W_in"], params["unembed.W_U"]
     last = last + params[f"{attn}.b_O"][:, None]                                        # M u d
     in_table = torch.baddbmm(params[f"{mlp}.b_in"][:, None], last, W_in)                # M u d_mlp
-    # b_out joins the table's rows rather than a one-row product: BLAS may round a one-row product
-    # differently for one member and for a stack, and members must not depend on their stack-mates.
+    # b_out joins the table's rows rather than a one-row product (as above).
     out_table = torch.baddbmm(params["unembed.b_U"][:, None], last + params[f"{mlp}.b_out"][:, None], W_U)
-    pre = torch.baddbmm(per_row(in_table), z, torch.bmm(w_o, W_in))
+    pre = _rows_times(z, torch.bmm(w_o, W_in)).add_(per_row(in_table))
     post = _ReluOverwriting.apply(pre) if arch.act_fn == "relu" else ACTIVATIONS[arch.act_fn](pre)
-    direct = torch.baddbmm(per_row(out_table), z, torch.bmm(w_o, W_U))
-    return torch.baddbmm(direct, post, torch.bmm(params[f"{mlp}.W_out"], W_U))
+    direct = _rows_times(z, torch.bmm(w_o, W_U)).add_(per_row(out_table))
+    return _rows_times(post, torch.bmm(params[f"{mlp}.W_out"], W_U)).add_(direct)
 
 
 def _deep_logits(params: dict[str, Tensor], arch: Architecture, tokens: Tensor, alpha: Tensor) -> Tensor:
