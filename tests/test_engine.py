@@ -86,6 +86,30 @@ def test_gradients_are_each_hooked_transformers_own(layout, act_fn):
             torch.testing.assert_close(values.grads[name][i], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item())
 
 
+def test_the_loss_gradient_reaches_the_logits_without_subnormal_numbers():
+    """A memorised row's wrong-class gradients fall below float32's normal range (slow in every CPU
+    product that reads them): they come back as zeros, and every other entry as the plain cast gives."""
+    tiny = torch.finfo(torch.float32).tiny
+    margins = torch.tensor([0.0, 20.0, 80.0, 87.0, 95.0, 100.0])  # exp(-87) ~ 1.6e-38, exp(-100) ~ 4e-44
+    logits = torch.zeros(1, 6, 5)
+    logits[0, :, 0] = margins
+    labels = torch.zeros(1, 6, dtype=torch.long)
+
+    def logits_grad(loss_of):
+        leaf = logits.clone().requires_grad_(True)
+        loss_of(leaf).sum().backward()
+        return leaf.grad
+
+    ours = logits_grad(lambda x: member_nll(x, labels))
+    plain = logits_grad(lambda x: -x.double().log_softmax(-1).gather(-1, labels[..., None])[..., 0])
+    subnormal = (plain != 0) & (plain.abs() < tiny)
+    assert subnormal.sum() == 8  # the rows with margins 95 and 100: four wrong classes each
+    assert not ((ours != 0) & (ours.abs() < tiny)).any()
+    assert torch.equal(ours[~subnormal], plain[~subnormal]) and (ours[subnormal] == 0).all()
+    with torch.no_grad():
+        assert torch.equal(member_nll(logits, labels), -logits.double().log_softmax(-1)[..., 0])
+
+
 def test_each_member_reads_its_own_rows_and_attention_rate():
     task = Task(p=23, eq_token=False)
     models = [_randomised(build_model(pizza_config(task, d_model=32), alpha), seed)
