@@ -10,7 +10,10 @@ Variants, each a full training epoch (forward, float64 cross-entropy, backward, 
 
 - ``hooked``: the HookedTransformer read-out (``models.final_logits``) with ``torch.optim.AdamW``,
   the step grokscope trained with before the engine;
-- ``engine M=k``: ``grokscope.engine`` on a stack of k members (seconds per model-epoch).
+- ``engine M=k``: ``grokscope.engine`` on a stack of k members (seconds per model-epoch);
+- ``engine M=1 late``: one member whose inputs are scaled up until 1% of the loss gradient's
+  entries would be subnormal float32 numbers, as after memorisation (0.7% at epoch 6,000 of the
+  ``nanda`` preset); the engine zeroes them, so this should cost what ``engine M=1`` does.
 
 Variants take turns (``--repeats`` rounds of ``--steps`` epochs) so a change in load hits all alike;
 medians are reported. Run it on an idle machine; on a shared one, time one thread in process CPU
@@ -27,7 +30,7 @@ import torch
 
 from grokscope import backend
 from grokscope.engine import (FROZEN_PARAMETERS, Architecture, MemberRows, MemberSettings, StackedAdamW,
-                              fused_readout, micro_batch_size, stack_parameters, train_pass)
+                              fused_readout, micro_batch_size, stack_parameters, stacked_logits, train_pass)
 from grokscope.models import cross_entropy_f64, final_logits
 from grokscope.training import TrainConfig
 
@@ -93,8 +96,37 @@ def hooked_epoch(config: TrainConfig):
     return epoch
 
 
-def engine_epoch(config: TrainConfig, n_members: int):
-    """One engine epoch for a stack of ``n_members`` seeds of ``config``."""
+def subnormal_share(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of the mean cross-entropy's logit gradient, (softmax - onehot) / rows, that is a
+    subnormal float32 number."""
+    grad = (logits.double().softmax(-1) - torch.nn.functional.one_hot(labels, logits.shape[-1])).float()
+    grad = grad / logits.shape[-2]
+    return ((grad != 0) & (grad.abs() < torch.finfo(torch.float32).tiny)).double().mean().item()
+
+
+def make_confident(params: dict, arch: Architecture, rows: MemberRows, alpha: torch.Tensor,
+                   target: float = 0.01) -> float:
+    """Scale every member's W_E and W_pos (bisection on a log scale) until ``target`` of member 0's logit
+    gradient would be subnormal; returns the share reached. The inputs rather than W_U grow, so that
+    the backward products keep the small gradients small, as in a memorised model."""
+    original = {name: params[name].detach().clone() for name in ("embed.W_E", "pos_embed.W_pos")}
+
+    def share(scale: float) -> float:
+        for name, tensor in original.items():
+            params[name].copy_(tensor * scale)
+        logits = stacked_logits(params, arch, rows.tokens, alpha, rows.last_token)[0]
+        return subnormal_share(logits, rows.labels[0])
+
+    with torch.no_grad():
+        low, high = 1.0, 1e4
+        for _ in range(30):
+            middle = (low * high) ** 0.5
+            low, high = (middle, high) if share(middle) < target else (low, middle)
+        return share(high)
+
+
+def engine_epoch(config: TrainConfig, n_members: int, late: bool = False):
+    """One engine epoch for a stack of ``n_members`` seeds of ``config`` (``late``: ``make_confident``)."""
     configs = [config.replace(seed=seed) for seed in range(n_members)]
     arch = Architecture.from_config(config.model_config())
     params = stack_parameters([backend.weights(c.init_model()) for c in configs])
@@ -109,6 +141,8 @@ def engine_epoch(config: TrainConfig, n_members: int):
         grokfast_alpha=[config.grokfast_alpha] * n_members, grokfast_lamb=[0.0] * n_members)
     adam, alpha = StackedAdamW(settings), settings.alpha.float()
     micro_batch = micro_batch_size(rows.tokens.shape[1], "cpu")
+    if late:
+        make_confident(params, arch, rows, alpha)
 
     def epoch():
         values = train_pass(params, trainable, arch, rows, alpha, micro_batch=micro_batch)
@@ -123,6 +157,7 @@ def benchmark(name: str, config: TrainConfig, members: list[int], steps: int, re
     flops = product_flops(products)
     variants = {"hooked": (hooked_epoch(config), 1)}
     variants.update({f"engine M={m}": (engine_epoch(config, m), m) for m in members})
+    variants["engine M=1 late"] = (engine_epoch(config, 1, late=True), 1)
     for epoch, _ in variants.values():  # warm-up
         epoch()
     floors, times = [], {label: [] for label in variants}
