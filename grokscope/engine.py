@@ -370,8 +370,8 @@ class _Float64WithoutSubnormalGradients(torch.autograd.Function):
 def member_nll(logits: Float[Tensor, "M N C"], labels: Int[Tensor, "M N"]) -> Float[Tensor, "M N"]:
     """Per-row float64 negative log-likelihood (log-softmax in float64: losses reach 1e-8); the gradient
     returns to the float32 logits without subnormal numbers (``_Float64WithoutSubnormalGradients``)."""
-    wide = _Float64WithoutSubnormalGradients.apply(logits) if logits.requires_grad else logits.double()
-    return -wide.log_softmax(dim=-1).gather(-1, labels[..., None])[..., 0]
+    log_probs = _Float64WithoutSubnormalGradients.apply(logits).log_softmax(dim=-1)
+    return -log_probs.gather(-1, labels[..., None])[..., 0]
 
 
 # ----- rows ------------------------------------------------------------------------------------

@@ -253,9 +253,9 @@ def _assert_close_weights(a, b, rtol):
         assert error <= rtol * scale, (name, error, scale)
 
 
-# Stacks of different sizes may run the same arithmetic through differently blocked matrix kernels, so
-# a member alone and in a stack could differ by float32 rounding that training carries along. On the
-# machines measured they are bitwise equal (the test above); the bound leaves room for other BLAS builds.
+# A member's products are the same calls alone and in a stack (the test below checks its gradients
+# bitwise on this machine and thread count). Whole runs are compared within a bound that leaves room
+# for BLAS builds that block a batched forward product differently by stack size.
 STACK_RTOL = 1e-3
 
 
