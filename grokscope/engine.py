@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from torch.optim.adamw import adamw as functional_adamw
 
 from grokscope.errors import GrokscopeError
 
@@ -111,7 +112,11 @@ class _RowsTimesMatrix(torch.autograd.Function):
         grad_rows = torch.bmm(grad, matrix.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         grad_matrix = None
         if ctx.needs_input_grad[1]:
-            if grad.device.type == "cpu":
+            if grad.device.type == "cpu" and matrix.shape[2] < matrix.shape[1]:
+                # A narrow matrix (the read-outs into d_vocab_out) is its gradient's transpose: the BLAS
+                # sums long rows faster into the short side (Intel, 2 threads: 512 x 59 in 0.67 ms, not 1.23).
+                grad_matrix = torch.stack([torch.mm(grad[m].t(), rows[m]).t() for m in range(rows.shape[0])])
+            elif grad.device.type == "cpu":
                 grad_matrix = torch.stack([torch.mm(rows[m].t(), grad[m]) for m in range(rows.shape[0])])
             else:
                 grad_matrix = torch.bmm(rows.transpose(1, 2), grad)
@@ -533,13 +538,26 @@ def _per_member(values: Tensor, like: Tensor) -> Tensor:
 class StackedAdamW:
     """AdamW for stacked parameters, each member with its own lr, weight decay and betas.
 
-    Applies torch.optim.AdamW's single-tensor update per member (decoupled decay first, then the
-    moments, then the bias-corrected step); the scalars it computes in double precision are computed in
-    double precision here too, per member, on the parameters' device (no host transfer per step).
+    Applies torch.optim.AdamW's update per member (decoupled decay first, then the moments, then the
+    bias-corrected step). On a CPU it is torch's fused AdamW kernel, called on each member's own slices
+    (one call per distinct setting), which reads and writes each number once: the unfused update runs
+    some ten passes over the state, which leave the caches once a stack outgrows them (eight [N23]
+    members: 29.5 ms an update, fused 1.1). On a GPU, and with ``fused=False``, the update is a few
+    elementwise operations over the whole stack with per-member scalars, computed in double precision
+    on the parameters' device, as torch.optim.AdamW does (no host transfer per step).
     """
 
-    def __init__(self, settings: MemberSettings, eps: float = ADAM_EPS, device: str | torch.device = "cpu"):
+    def __init__(self, settings: MemberSettings, eps: float = ADAM_EPS, device: str | torch.device = "cpu",
+                 fused: bool | None = None):
         self.settings, self.eps = settings.to(device), eps
+        self.fused = torch.device(device).type == "cpu" if fused is None else fused
+        # Members sharing lr, decay and betas share one fused call; a member's own numbers do not
+        # depend on which others join it (the kernel is elementwise, and each member's slice is its own).
+        groups: dict[tuple[float, ...], list[int]] = {}
+        columns = (settings.lr, settings.weight_decay, settings.beta1, settings.beta2)
+        for member, key in enumerate(zip(*(column.tolist() for column in columns))):
+            groups.setdefault(key, []).append(member)
+        self.groups = groups
         self.step_count = 0
         self.exp_avg: dict[str, Tensor] = {}
         self.exp_avg_sq: dict[str, Tensor] = {}
@@ -554,11 +572,14 @@ class StackedAdamW:
     @torch.no_grad()
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
         self.step_count += 1
+        self.init_state({name: params[name] for name in grads})
+        if self.fused:
+            self._fused_step(params, grads)
+            return
         s, t = self.settings, self.step_count
         decay = 1.0 - s.lr * s.weight_decay
         step_size = s.lr / (1.0 - s.beta1 ** t)
         bias_correction2_sqrt = (1.0 - s.beta2 ** t).sqrt()
-        self.init_state({name: params[name] for name in grads})
         for name, grad in grads.items():
             param = params[name]
             exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
@@ -567,6 +588,18 @@ class StackedAdamW:
             exp_avg_sq.mul_(_per_member(s.beta2, param)).addcmul_(grad, grad * _per_member(1.0 - s.beta2, param))
             denom = (exp_avg_sq.sqrt() / _per_member(bias_correction2_sqrt, param)).add_(self.eps)
             param.sub_(exp_avg / denom * _per_member(step_size, param))
+
+    def _fused_step(self, params: dict[str, Tensor], grads: dict[str, Tensor]) -> None:
+        for (lr, weight_decay, beta1, beta2), members in self.groups.items():
+            slices = [(name, m) for m in members for name in grads]
+            # The kernel adds one to each step count before it uses it.
+            steps = list(torch.full((len(slices),), float(self.step_count - 1), device=params[slices[0][0]].device)
+                         .unbind(0))
+            functional_adamw(
+                [params[name][m] for name, m in slices], [grads[name][m] for name, m in slices],
+                [self.exp_avg[name][m] for name, m in slices], [self.exp_avg_sq[name][m] for name, m in slices],
+                [], steps, fused=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
+                weight_decay=weight_decay, eps=self.eps, maximize=False)
 
 
 class StackedGrokfast:

@@ -182,15 +182,17 @@ def test_evaluation_in_parts_gives_the_whole_pass():
         assert parts.losses[i].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_stacked_adamw_is_torch_adamw_per_member():
-    """Three members with their own lr, decay and betas follow torch.optim.AdamW on the same problem."""
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stacked"])
+def test_stacked_adamw_is_torch_adamw_per_member(fused):
+    """Three members with their own lr, decay and betas follow torch.optim.AdamW on the same problem, with
+    the CPU's fused kernel per member and with the elementwise update over the stack (the GPU's)."""
     settings = MemberSettings.from_values(alpha=[1.0] * 3, lr=[1e-3, 3e-2, 1e-2], weight_decay=[0.0, 1.0, 2.0],
                                           beta1=[0.9, 0.8, 0.95], beta2=[0.98, 0.999, 0.9],
                                           grokfast_alpha=[0.98] * 3, grokfast_lamb=[0.0] * 3)
     start = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0))
     target = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(1))
     stacked = {"w": start.clone().requires_grad_(True)}
-    adam = StackedAdamW(settings)
+    adam = StackedAdamW(settings, fused=fused)
     references = [start[i].clone().requires_grad_(True) for i in range(3)]
     optimisers = [torch.optim.AdamW([references[i]], lr=settings.lr[i].item(), weight_decay=settings.weight_decay[i].item(),
                                     betas=(settings.beta1[i].item(), settings.beta2[i].item())) for i in range(3)]
@@ -205,6 +207,26 @@ def test_stacked_adamw_is_torch_adamw_per_member():
     for i in range(3):
         # the same update in the same order; only the rounding of a few products may differ
         torch.testing.assert_close(stacked["w"][i].detach(), references[i].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_members_adamw_update_does_not_depend_on_its_stack_mates():
+    """The fused update groups members by their settings; a member's numbers stay the ones it gets alone."""
+    def settings(lrs):
+        n = len(lrs)
+        return MemberSettings.from_values(alpha=[1.0] * n, lr=lrs, weight_decay=[1.0] * n, beta1=[0.9] * n,
+                                          beta2=[0.98] * n, grokfast_alpha=[0.98] * n, grokfast_lamb=[0.0] * n)
+    start = torch.randn(3, 7, 33, generator=torch.Generator().manual_seed(0))
+    grads = [torch.randn(3, 7, 33, generator=torch.Generator().manual_seed(s)) for s in range(1, 6)]
+    stack = StackedAdamW(settings([1e-3, 1e-3, 3e-2]))
+    assert sorted(stack.groups.values()) == [[0, 1], [2]]
+    alone = StackedAdamW(settings([1e-3]))
+    stacked, single = {"w": start.clone()}, {"w": start[1:2].clone()}
+    for grad in grads:
+        stack.step(stacked, {"w": grad})
+        alone.step(single, {"w": grad[1:2].clone()})
+    assert torch.equal(stacked["w"][1], single["w"][0])
+    assert torch.equal(stack.exp_avg_sq["w"][1], alone.exp_avg_sq["w"][0])
+    assert not torch.equal(stacked["w"][1], stacked["w"][2])  # the third member took its own, larger steps
 
 
 def test_stacked_grokfast_follows_its_recurrence_per_member():
