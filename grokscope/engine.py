@@ -128,6 +128,30 @@ def _rows_times(rows: Float[Tensor, "M N k"], matrix: Float[Tensor, "M k n"]) ->
     return _RowsTimesMatrix.apply(rows, matrix)
 
 
+class _MixValues(torch.autograd.Function):
+    """Each head's values mixed by its attention: ``z[..., h, :] = sum_i pattern[..., i, h] v[..., i, h, :]``.
+
+    The same as ``(pattern[..., None] * v).sum(2)``, without the (rows, positions, heads, d_head) product
+    in the forward and with its two gradients written directly: autograd's broadcast backward of that
+    expression took 3.0 ms an [N23] step on two threads, this 1.0.
+    """
+
+    @staticmethod
+    def forward(ctx, pattern: Float[Tensor, "M N i h"], v: Float[Tensor, "M N i h e"]) -> Float[Tensor, "M N h e"]:
+        ctx.save_for_backward(pattern, v)
+        z = pattern[:, :, 0, :, None] * v[:, :, 0]
+        for i in range(1, v.shape[2]):
+            z.addcmul_(pattern[:, :, i, :, None], v[:, :, i])
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor]:
+        pattern, v = ctx.saved_tensors
+        grad_pattern = (grad_z[:, :, None] * v).sum(-1)
+        grad_v = grad_z[:, :, None] * pattern[..., None]
+        return grad_pattern, grad_v
+
+
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": _gelu_new, "gelu_fast": _gelu_fast, "silu": F.silu}
 """The MLP activations, the same functions as the HookedTransformer's."""
 
@@ -292,7 +316,7 @@ def _one_layer_logits(params: dict[str, Tensor], arch: Architecture, tokens: Ten
     pattern = _mix(scores.view(n_models, n_rows, n_pos, heads).softmax(dim=2), alpha)   # M N i h
     v = _gather_rows(v_table, position_tokens.flatten(1)).view(n_models, n_rows, n_pos, heads, d_head)
     # With n_pos values of d_head each, the mix over positions is cheaper elementwise than as matmuls.
-    z = (pattern[..., None] * v).sum(2).flatten(2)                                      # M N (h e)
+    z = _MixValues.apply(pattern, v).flatten(2)                                         # M N (h e)
     w_o = params[f"{attn}.W_O"].flatten(1, 2)                                           # M (h e) d
 
     def per_row(table: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grokscope import backend
+from grokscope import backend, engine
 from grokscope import checkpoints as ck
 from grokscope.engine import (Architecture, MemberRows, MemberSettings, StackedAdamW,
                               StackedGrokfast, activation_bytes_per_member, evaluation_rows_per_pass, fused_readout,
@@ -180,6 +180,15 @@ def test_evaluation_in_parts_gives_the_whole_pass():
         own = rows.valid[i]
         expected = member_nll(final_logits(model, rows.tokens[i][own])[None], rows.labels[i][own][None]).mean()
         assert parts.losses[i].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_value_mix_and_its_gradients_are_the_broadcast_expressions():
+    """``_MixValues`` is (pattern[..., None] * v).sum(2), gradients included (gradcheck in float64)."""
+    gen = torch.Generator().manual_seed(0)
+    pattern = torch.rand(2, 5, 3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(2, 5, 3, 4, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    torch.testing.assert_close(engine._MixValues.apply(pattern, v), (pattern[..., None] * v).sum(2))
+    assert torch.autograd.gradcheck(engine._MixValues.apply, (pattern, v))
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "stacked"])
