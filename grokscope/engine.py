@@ -234,12 +234,44 @@ def member_state_dict(params: dict[str, Tensor], member: int) -> dict[str, Tenso
 
 # ----- forward ---------------------------------------------------------------------------------
 
+NARROW_ROWS = 16
+"""Tables with fewer numbers than this per row take their gradient through ``_NarrowRowsSelect``."""
+
+
+class _NarrowRowsSelect(torch.autograd.Function):
+    """``table.index_select(0, index)`` whose gradient is one flat scatter-add, for tables with narrow rows.
+
+    Autograd's index_add over rows of a few numbers is slow once it runs in parallel (an [N23] step's
+    score gradient, 11,490 rows of 4: 0.72 ms on two threads; one flat scatter-add: 0.03 ms). The flat
+    scatter-add adds in the order of ``index``, so a member's sums do not depend on its stack-mates.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Int[Tensor, "K"]) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        width = math.prod(ctx.table_shape[1:])
+        positions = (index[:, None] * width + torch.arange(width, device=index.device)).reshape(-1)
+        flat = grad.new_zeros(math.prod(ctx.table_shape)).scatter_add_(0, positions, grad.reshape(-1))
+        return flat.view(ctx.table_shape), None
+
+
 def _gather_rows(table: Tensor, tokens: Tensor) -> Tensor:
     """``table[m, tokens[m, n]]`` for a table (M, V, ...) and tokens (M, N): shape (M, N, ...)."""
     n_models, vocab = table.shape[:2]
     offsets = torch.arange(n_models, device=tokens.device)[:, None] * vocab
     flat = table.reshape(n_models * vocab, *table.shape[2:])
-    return flat.index_select(0, (tokens + offsets).reshape(-1)).reshape(*tokens.shape, *table.shape[2:])
+    index = (tokens + offsets).reshape(-1)
+    if math.prod(table.shape[2:]) < NARROW_ROWS and flat.requires_grad:
+        rows = _NarrowRowsSelect.apply(flat, index)
+    else:
+        rows = flat.index_select(0, index)
+    return rows.reshape(*tokens.shape, *table.shape[2:])
 
 
 def _mlp_and_unembed(params: dict[str, Tensor], arch: Architecture, layer: int,

@@ -191,6 +191,15 @@ def test_the_value_mix_and_its_gradients_are_the_broadcast_expressions():
     assert torch.autograd.gradcheck(engine._MixValues.apply, (pattern, v))
 
 
+def test_narrow_rows_are_gathered_with_index_selects_gradient():
+    """``_NarrowRowsSelect`` is index_select, gradient included, with repeated rows (gradcheck in float64)."""
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(6, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    index = torch.tensor([0, 5, 5, 2, 0, 0, 3])
+    torch.testing.assert_close(engine._NarrowRowsSelect.apply(table, index), table.index_select(0, index))
+    assert torch.autograd.gradcheck(engine._NarrowRowsSelect.apply, (table, index))
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "stacked"])
 def test_stacked_adamw_is_torch_adamw_per_member(fused):
     """Three members with their own lr, decay and betas follow torch.optim.AdamW on the same problem, with
