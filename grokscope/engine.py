@@ -489,13 +489,13 @@ def micro_batch_size(n_rows: int, device: str | torch.device) -> int:
 
 def evaluation_rows_per_pass(n_members: int, n_rows: int, device: str | torch.device) -> int:
     """Rows per forward pass when no gradient is needed: all on a GPU; on a CPU the same ~4,096 rows
-    per pass as ``micro_batch_size``, split evenly (an [N23] member's 5,109 test rows go as two halves).
+    per pass as ``micro_batch_size``, split evenly (an [N23] member's 8,939 test rows go as three parts).
 
     Large passes cost more per row on a CPU than a few smaller ones (their buffers leave the caches and
     are fresh memory each time), and rows without gradients are independent, so they may go in parts.
 
-    >>> evaluation_rows_per_pass(1, 5109, "cpu"), evaluation_rows_per_pass(15, 265, "cpu")
-    (2555, 265)
+    >>> evaluation_rows_per_pass(1, 8939, "cpu"), evaluation_rows_per_pass(15, 265, "cpu")
+    (2980, 265)
     """
     if torch.device(device).type != "cpu":
         return max(n_rows, 1)
