@@ -111,15 +111,14 @@ class _RowsTimesMatrix(torch.autograd.Function):
         rows, matrix = ctx.saved_tensors
         grad_rows = torch.bmm(grad, matrix.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         grad_matrix = None
-        if ctx.needs_input_grad[1]:
-            if grad.device.type == "cpu" and matrix.shape[2] < matrix.shape[1]:
-                # A narrow matrix (the read-outs into d_vocab_out) is its gradient's transpose: the BLAS
-                # sums long rows faster into the short side (Intel, 2 threads: 512 x 59 in 0.67 ms, not 1.23).
-                grad_matrix = torch.stack([torch.mm(grad[m].t(), rows[m]).t() for m in range(rows.shape[0])])
-            elif grad.device.type == "cpu":
-                grad_matrix = torch.stack([torch.mm(rows[m].t(), grad[m]) for m in range(rows.shape[0])])
-            else:
-                grad_matrix = torch.bmm(rows.transpose(1, 2), grad)
+        if ctx.needs_input_grad[1] and grad.device.type != "cpu":
+            grad_matrix = torch.bmm(rows.transpose(1, 2), grad)
+        elif ctx.needs_input_grad[1]:
+            # A narrow matrix (the read-outs into d_vocab_out) is its gradient's transpose: the BLAS
+            # sums long rows faster into the short side (Intel, 2 threads: 512 x 59 in 0.67 ms, not 1.23).
+            narrow = matrix.shape[2] < matrix.shape[1]
+            grad_matrix = torch.stack([torch.mm(grad[m].t(), rows[m]).t() if narrow else torch.mm(rows[m].t(), grad[m])
+                                       for m in range(rows.shape[0])])
         return grad_rows, grad_matrix
 
 
@@ -598,9 +597,10 @@ class StackedAdamW:
     bias-corrected step). On a CPU it is torch's fused AdamW kernel, called on each member's own slices
     (one call per distinct setting), which reads and writes each number once: the unfused update runs
     some ten passes over the state, which leave the caches once a stack outgrows them (eight [N23]
-    members: 6.7 to 29.5 ms an update, as the allocator serves its temporaries; fused 1.2). On a GPU, and with ``fused=False``, the update is a few
-    elementwise operations over the whole stack with per-member scalars, computed in double precision
-    on the parameters' device, as torch.optim.AdamW does (no host transfer per step).
+    members: 6.7 to 29.5 ms an update, as the allocator serves its temporaries; fused 1.2). On a GPU,
+    and with ``fused=False``, the update is a few elementwise operations over the whole stack with
+    per-member scalars, computed in double precision on the parameters' device, as torch.optim.AdamW
+    does (no host transfer per step).
     """
 
     def __init__(self, settings: MemberSettings, eps: float = ADAM_EPS, device: str | torch.device = "cpu",
